@@ -1,0 +1,1 @@
+"""fraiseql_observability"""

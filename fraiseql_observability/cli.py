@@ -1,0 +1,234 @@
+"""``fraiseql-cli``: a thin command line over the library functions of each subsystem.
+
+Exit codes (SPEC §5): 0 success, 2 usage or configuration error, 1 runtime failure. The environment
+is read here and nowhere else (:func:`fraiseql_observability.config.load_settings`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .config import WINDOWS, Settings, load_settings, window_to_seconds
+from .errors import ConfigError, FraiseqlError
+from .secrets import mask_secrets
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("fraiseql")
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+class _MaskingFormatter(logging.Formatter):
+    """Every log line passes through :func:`mask_secrets`: passwords never reach logs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _stop_event() -> threading.Event:
+    """An event set by SIGTERM/SIGINT so workers finish their batch and close cleanly."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d received: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return stop
+
+
+def _parse_time(text: str) -> datetime:
+    """ISO-8601 (naive means UTC), or relative like ``-2h``/``-30m``/``-7d``, or ``now``."""
+    text = text.strip()
+    if text == "now":
+        return datetime.now(UTC)
+    if text.startswith("-") and text[-1:] in {"s", "m", "h", "d"} and text[1:-1].isdigit():
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[text[-1]]
+        return datetime.now(UTC) - timedelta(**{unit: int(text[1:-1])})
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected ISO-8601 time, 'now', or -N[s|m|h|d]"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return load_settings(args.config, overrides=overrides)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from sinks.migrate import migrate  # noqa: PLC0415 - import cost only for this command
+
+    settings = _settings(args, **{"database.url": args.database})
+    applied = migrate(settings.database_url)
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return EXIT_OK
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from streams.worker import run_stream_worker  # noqa: PLC0415
+
+    settings = _settings(args)
+    run_stream_worker(settings, stop=_stop_event())
+    return EXIT_OK
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from sinks.worker import run_sink  # noqa: PLC0415
+
+    from .metrics import serve_metrics  # noqa: PLC0415
+
+    settings = _settings(args)
+    serve_metrics(settings.sinks.metrics_port)
+    run_sink(settings, stop=_stop_event())
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from analyzer.stats import pattern_stats, render_stats_json, render_stats_text  # noqa: PLC0415
+
+    settings = _settings(args, **{"database.url": args.database})
+    end = args.end or datetime.now(UTC)
+    start = end - timedelta(seconds=window_to_seconds(args.window))
+    report = pattern_stats(settings.database_url, start, end)
+    out = render_stats_json(report) if args.format == "json" else render_stats_text(report)
+    print(out)
+    return EXIT_OK
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from producers.loadgen import run_loadgen  # noqa: PLC0415
+
+    settings = _settings(args)
+    report = run_loadgen(
+        settings,
+        rate=args.rate,
+        duration=args.duration,
+        count=args.count,
+        backfill=timedelta(minutes=args.backfill_minutes) if args.backfill_minutes else None,
+        regions=args.regions.split(","),
+        seed=args.seed,
+    )
+    print(json.dumps(report.summary(), indent=2))
+    return EXIT_OK
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from sinks.retention import drop_expired_partitions  # noqa: PLC0415
+
+    settings = _settings(args, **{"database.url": args.database})
+    dropped = drop_expired_partitions(settings.database_url, settings.retention_days)
+    print(f"dropped {len(dropped)} partition(s)" + (f": {', '.join(dropped)}" if dropped else ""))
+    return EXIT_OK
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add(sub: Any, name: str, handler: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fraiseql-cli",
+        description="Query observability for GraphQL-on-PostgreSQL APIs (FraiseQL).",
+    )
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML configuration file (default: fraiseql.toml if present)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _add(sub, "migrate", cmd_migrate, "create or upgrade the metrics schema and roles",
+             "Create or upgrade the fraiseql_metrics schema, its partitions and the collector, "
+             "analyst and maintainer roles. Idempotent: running it again applies nothing new.")
+    p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
+
+    _add(sub, "stream", cmd_stream, "run one stream worker (Faust)",
+         "Consume fraiseql.query-events, aggregate event-time 1-minute windows per pattern and "
+         "region, publish closed windows to fraiseql.query-rollups. Run more processes to scale.")
+
+    _add(sub, "sink", cmd_sink, "run one sink worker",
+         "Write rollups and table statistics from Kafka to the metrics database in batched, "
+         "idempotent transactions; offsets are committed only after the data is durable.")
+
+    p = _add(sub, "stats", cmd_stats, "per-pattern, per-region latency statistics",
+             "Per pattern and region over closed windows: weighted count, errors, mean, p50, p95, "
+             "p99 (percentiles from merged sketches).")
+    p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
+    p.add_argument("--window", default="1h", choices=list(WINDOWS), help="period to report (default 1h)")
+    p.add_argument("--end", type=_parse_time, default=None, help="end of the period (default now)")
+    p.add_argument("--format", default="text", choices=["text", "json"])
+
+    p = _add(sub, "loadgen", cmd_loadgen, "generate a synthetic FraiseQL workload",
+             "Produce realistic query events (several views, JSONB filters/sorts/aggregates, a long "
+             "tail of rare patterns, several regions, lognormal latencies, errors) to the events "
+             "topic, at a rate for a duration, or spread over a past interval (backfill).")
+    p.add_argument("--rate", type=float, default=None,
+                   help="events per second (default: as fast as possible)")
+    p.add_argument("--duration", type=float, default=None, help="seconds to run")
+    p.add_argument("--count", type=int, default=None, help="number of events")
+    p.add_argument("--backfill-minutes", type=float, default=None,
+                   help="spread event times over the past N minutes instead of now")
+    p.add_argument("--regions", default="us-east-1,eu-west-1", help="comma-separated regions")
+    p.add_argument("--seed", type=int, default=7)
+
+    p = _add(sub, "retention", cmd_retention, "drop metrics older than retention_days",
+             "Drop whole daily partitions older than retention_days (never deletes row by row).")
+    p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"fraiseql-cli: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except FraiseqlError as exc:
+        print(f"fraiseql-cli: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+    except Exception as exc:
+        log.debug("unhandled error", exc_info=True)
+        print(f"fraiseql-cli: {type(exc).__name__}: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

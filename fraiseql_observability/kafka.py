@@ -1,0 +1,82 @@
+"""Kafka client settings and topic creation shared by every stage.
+
+Workers create missing topics themselves (SPEC §5a); creating an existing topic is not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .config import KafkaSettings
+from .errors import FraiseqlError
+
+__all__ = ["KafkaUnavailable", "admin_client", "ensure_topics", "producer_config", "wait_for_broker"]
+
+log = logging.getLogger(__name__)
+
+
+class KafkaUnavailable(FraiseqlError):
+    """The broker did not answer in time."""
+
+
+def producer_config(kafka: KafkaSettings, **extra: Any) -> dict[str, Any]:
+    """An idempotent, compressed, batching producer: safe retries, no reordering."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 200000,
+    }
+    config.update(extra)
+    return config
+
+
+def admin_client(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "logger": log})
+
+
+def wait_for_broker(kafka: KafkaSettings, timeout: float = 30.0) -> None:
+    try:
+        admin_client(kafka).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"Kafka at {kafka.bootstrap_servers} did not answer: {exc}") from None
+
+
+def ensure_topics(
+    kafka: KafkaSettings,
+    names: Iterable[str],
+    *,
+    partitions: int | None = None,
+    config: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet (idempotent, safe for concurrent workers)."""
+    admin = admin_client(kafka)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"Kafka at {kafka.bootstrap_servers} did not answer: {exc}") from None
+    wanted = [
+        NewTopic(name, num_partitions=partitions or kafka.partitions,
+                 replication_factor=kafka.replication_factor, config=config or {})
+        for name in dict.fromkeys(names)
+        if name not in existing
+    ]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result()
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise

@@ -1,0 +1,36 @@
+"""Keep passwords out of logs and error messages."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["mask_secrets", "mask_url"]
+
+# The password runs to the last "@" of the whitespace-delimited word: passwords typed by hand hold
+# unescaped "@", "/", "#", "?" (masking a little too much is safe, leaking the tail is not).
+_URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@")
+_KV_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``.
+
+    >>> mask_url("postgresql://app:s3cret@db:5432/metrics")
+    'postgresql://app:***@db:5432/metrics'
+    """
+    # Not urllib.parse: it ends the user info at the first "/", "?" or "#", and raises on "[",
+    # so a hand-typed password holding those characters would leak. A host never holds "@": the
+    # password runs from the first ":" after the user to the last "@".
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostinfo = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if sep and at and colon and not any(c in user for c in "/?#"):
+        url = f"{scheme}://{user}:***@{hostinfo}"
+    # then the libpq "?password=" query parameter (and any other URL in a malformed string)
+    return mask_secrets(url)
+
+
+def mask_secrets(text: str) -> str:
+    """Mask passwords embedded in free text (URLs and libpq ``password=`` pairs)."""
+    text = _URL_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)

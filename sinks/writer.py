@@ -1,0 +1,420 @@
+"""Batched, idempotent writes of rollups and table statistics to the metrics database.
+
+One call of :meth:`RollupWriter.write` is one transaction: every row of the batch is durable, or
+none is. That is what lets the worker commit Kafka offsets only after the database commit, and
+what makes a crash at any moment harmless — re-delivered messages are written again and overwrite.
+
+Idempotency: rows are upserted on their primary key. A rollup's id is deterministic (uuid5 of
+source topic, partition, pattern, region and window), so a re-delivered rollup overwrites the row
+with identical data and never adds to it. The pattern catalogue keeps the earliest ``first_seen``
+and latest ``last_seen``, which does not depend on the order batches arrive in.
+
+Least privilege: each upsert passes its values as parameters in the ``DO UPDATE SET`` clause
+instead of reading ``EXCLUDED.col``; reading ``EXCLUDED`` needs SELECT on every such column,
+whereas this way the collector role only needs SELECT on the conflict-key columns. psycopg's
+``executemany`` sends the statements in pipeline mode (no round trip per row, the statement
+prepared once). Measured on a loaded 2-core machine: about 8,000 new and 5,000 overwritten
+rollups per second per sink process, bound by Python-side parameter adaptation (a multi-row
+INSERT was not faster); the reference deployment writes about 100 rollups per second.
+
+Partitions: before the transaction, the days of the batch that are not known to exist are created
+through ``fraiseql_metrics.ensure_partitions`` in a short transaction of their own. Creating a
+partition is idempotent and harmless to commit separately, and doing it inside the data
+transaction would hold the partition lock until the whole batch is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from fraiseql_observability.config import DatabaseSettings
+from fraiseql_observability.secrets import mask_secrets
+
+from .errors import RecordRejected, WriteFailed
+from .metrics import LAST_WRITE, ROWS_WRITTEN
+from .migrate import SCHEMA
+from .records import DEFAULT_LIMITS, RecordLimits, RollupRow, TableStatsRow
+
+__all__ = ["RollupWriter", "WriteResult"]
+
+log = logging.getLogger(__name__)
+
+MAX_ACQUIRE_SECS: Final = 5.0
+
+# (column, SQL type) of the rollups table in insert order; the first two are the primary key.
+ROLLUP_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("rollup_id", "uuid"),
+    ("window_start", "timestamptz"),
+    ("fingerprint", "text"),
+    ("region", "text"),
+    ("window_end", "timestamptz"),
+    ("source_topic", "text"),
+    ("source_partition", "int4"),
+    ("first_offset", "int8"),
+    ("last_offset", "int8"),
+    ("event_count", "int8"),
+    ("count", "float8"),
+    ("error_count", "float8"),
+    ("cache_hits", "float8"),
+    ("rows_sum", "float8"),
+    ("exec_sum_ms", "float8"),
+    ("exec_min_ms", "float8"),
+    ("exec_max_ms", "float8"),
+    ("sql_generation_sum_ms", "float8"),
+    ("db_round_trip_sum_ms", "float8"),
+    ("projection_sum_ms", "float8"),
+    ("sketch_alpha", "float8"),
+    ("sketch_keys", "int4[]"),
+    ("sketch_weights", "float8[]"),
+)
+ROLLUP_KEY: Final = ("rollup_id", "window_start")
+
+TABLE_STATS_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("snapshot_id", "uuid"),
+    ("schema_name", "text"),
+    ("table_name", "text"),
+    ("taken_at", "timestamptz"),
+    ("source", "text"),
+    ("region", "text"),
+    ("relkind", "text"),
+    ("row_estimate", "float8"),
+    ("total_bytes", "int8"),
+    ("seq_scans", "int8"),
+    ("columns", "jsonb"),
+    ("indexes", "jsonb"),
+)
+TABLE_STATS_KEY: Final = ("snapshot_id", "schema_name", "table_name", "taken_at")
+
+
+def _upsert(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> sql.Composed:
+    """``INSERT … ON CONFLICT (key) DO UPDATE SET col = <same parameter>`` (no EXCLUDED reads)."""
+
+    def value(name: str, type_name: str) -> sql.Composable:
+        # The cast is spelled from a fixed table of types above, never from data.
+        return sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(type_name))
+
+    names = [name for name, _ in columns]
+    return sql.SQL(
+        "INSERT INTO {table} ({columns}) VALUES ({values})"
+        " ON CONFLICT ({key}) DO UPDATE SET {updates}, written_at = now()"
+    ).format(
+        table=sql.Identifier(SCHEMA, table),
+        columns=sql.SQL(", ").join(map(sql.Identifier, names)),
+        values=sql.SQL(", ").join(value(n, t) for n, t in columns),
+        key=sql.SQL(", ").join(map(sql.Identifier, key)),
+        updates=sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(n), value(n, t))
+            for n, t in columns
+            if n not in key
+        ),
+    )
+
+
+_UPSERT_ROLLUPS: Final = _upsert("rollups", ROLLUP_COLUMNS, ROLLUP_KEY)
+_UPSERT_TABLE_STATS: Final = _upsert("table_stats", TABLE_STATS_COLUMNS, TABLE_STATS_KEY)
+
+# The catalogue row describes the newest window seen; on a tie of last_seen the greatest
+# (query_name, sql) in byte order wins, the same rule as max() in Python over str (UTF-8 byte
+# order equals code point order), so the outcome does not depend on the order of batches.
+_NEWER: Final = (
+    '(%(last_seen)s::timestamptz, %(query_name)s::text COLLATE "C", %(sql)s::text COLLATE "C")'
+    ' > (p.last_seen, p.query_name COLLATE "C", p.sql COLLATE "C")'
+)
+_UPSERT_PATTERNS: Final = sql.SQL(
+    "INSERT INTO {table} AS p (fingerprint, query_name, sql, first_seen, last_seen)"
+    " VALUES (%(fingerprint)s, %(query_name)s, %(sql)s, %(first_seen)s, %(last_seen)s)"
+    " ON CONFLICT (fingerprint) DO UPDATE SET"
+    " first_seen = LEAST(p.first_seen, %(first_seen)s::timestamptz),"
+    " last_seen = GREATEST(p.last_seen, %(last_seen)s::timestamptz),"
+    " query_name = CASE WHEN {newer} THEN %(query_name)s::text ELSE p.query_name END,"
+    " sql = CASE WHEN {newer} THEN %(sql)s::text ELSE p.sql END"
+    # Skip the write (a new row version) when nothing would change: the common case.
+    " WHERE p.first_seen > %(first_seen)s::timestamptz OR {newer}"
+).format(table=sql.Identifier(SCHEMA, "patterns"), newer=sql.SQL(_NEWER))
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one committed batch contained."""
+
+    rollups: int = 0
+    patterns: int = 0
+    table_stats: int = 0
+    partitions_created: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Pattern:
+    fingerprint: str
+    query_name: str
+    sql: str
+    first_seen: datetime
+    last_seen: datetime
+
+    def add(self, row: RollupRow) -> None:
+        self.first_seen = min(self.first_seen, row.window_start)
+        self.last_seen, self.query_name, self.sql = max(
+            (self.last_seen, self.query_name, self.sql), (row.window_end, row.query_name, row.sql)
+        )
+
+
+def _patterns(rollups: Iterable[RollupRow]) -> list[_Pattern]:
+    """One catalogue row per fingerprint: earliest window start, latest window end."""
+    found: dict[str, _Pattern] = {}
+    for row in rollups:
+        pattern = found.get(row.fingerprint)
+        if pattern is None:
+            found[row.fingerprint] = _Pattern(
+                row.fingerprint, row.query_name, row.sql, row.window_start, row.window_end
+            )
+        else:
+            pattern.add(row)
+    return [found[k] for k in sorted(found)]
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _runs(days: Sequence[date]) -> list[tuple[date, date]]:
+    """Sorted days grouped into contiguous runs ``(first, last)``."""
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and day - runs[-1][1] == timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def _is_missing_partition(exc: psycopg.Error) -> bool:
+    return isinstance(exc, pg_errors.CheckViolation) and "no partition" in (
+        exc.diag.message_primary or ""
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return mask_secrets(f"{type(exc).__name__}: {text}")
+
+
+class RollupWriter:
+    """Writes batches of rollups and table statistics; safe to share between threads.
+
+    ``url`` names the metrics database and the role to write as (normally a member of
+    ``fraiseql_collector``). ``pool_size`` bounds the connections; ``timeout_secs`` is the connect
+    timeout and the statement timeout (a free connection is awaited at most 5 s of it).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout_secs: float = 30.0,
+        lock_timeout_secs: float = 5.0,
+        limits: RecordLimits = DEFAULT_LIMITS,
+        application_name: str = "fraiseql-sink",
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be >= 1")
+        self.timeout_secs = timeout_secs
+        self.lock_timeout_secs = lock_timeout_secs
+        self.limits = limits
+        self._known_days: set[date] = set()
+        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={
+                "autocommit": True,  # transactions are explicit: conn.transaction()
+                "connect_timeout": max(1, math.ceil(timeout_secs)),
+                "application_name": application_name,
+                "options": f"-c statement_timeout={int(timeout_secs * 1000)}",
+            },
+            # How long write() waits for a connection. psycopg_pool makes new connection attempts
+            # only when a request arrives (then with a doubling delay, for up to
+            # reconnect_timeout); a request that outlives those attempts just sleeps. Keeping both
+            # short while the database is down hands the pacing to the caller's retry loop, so
+            # the sink notices a recovered database within a second or two instead of after
+            # the pool's own back-off.
+            timeout=min(timeout_secs, MAX_ACQUIRE_SECS),
+            reconnect_timeout=min(timeout_secs, MAX_ACQUIRE_SECS),
+            # A connection that died while idle (server restart) is replaced before use instead of
+            # failing the next batch.
+            check=ConnectionPool.check_connection,
+            name=application_name,
+            open=False,
+        )
+        # Do not wait: a database that is down at start is the retry loop's business.
+        self._pool.open(wait=False)
+
+    @classmethod
+    def from_settings(
+        cls, database: DatabaseSettings, *, limits: RecordLimits = DEFAULT_LIMITS
+    ) -> RollupWriter:
+        return cls(
+            database.url.get_secret_value(),
+            pool_size=database.pool_size,
+            timeout_secs=database.timeout_secs,
+            limits=limits,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> RollupWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- partitions -----------------------------------------------------------------------------
+
+    def forget_partitions(self) -> None:
+        """Drop the cache of days known to have partitions (after retention, or an error)."""
+        self._known_days.clear()
+
+    def ensure_partitions(self, start: datetime, end: datetime) -> list[str]:
+        """Create the missing daily partitions covering ``[start, end)``; return their names."""
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                # A long analyst query must not make the sink queue every writer behind its lock.
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    (f"{int(self.lock_timeout_secs * 1000)}ms",),
+                )
+                rows = conn.execute(
+                    sql.SQL("SELECT {}(%s, %s)").format(
+                        sql.Identifier(SCHEMA, "ensure_partitions")
+                    ),
+                    (start, end),
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise WriteFailed(f"cannot create partitions: {_describe(exc)}") from None
+        created = [str(r[0]) for r in rows]
+        if created:
+            log.info("created partitions %s", ", ".join(created))
+        return created
+
+    def _ensure_days(self, days: set[date]) -> list[str]:
+        missing = sorted(days - self._known_days)
+        created: list[str] = []
+        # One call per contiguous run: two far-apart backfilled days must not create every day
+        # in between.
+        for first, last in _runs(missing):
+            end = _day_start(last) + timedelta(days=1)
+            created += self.ensure_partitions(_day_start(first), end)
+        self._known_days.update(missing)
+        return created
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def write(
+        self,
+        rollups: Iterable[RollupRow | Mapping[str, Any]] = (),
+        table_stats: Iterable[TableStatsRow | Mapping[str, Any]] = (),
+    ) -> WriteResult:
+        """Upsert one batch in one transaction.
+
+        Accepts validated rows or decoded record dicts (validated here; an invalid one raises
+        :class:`~sinks.errors.InvalidRecord` before anything is written). Raises
+        :class:`~sinks.errors.RecordRejected` when PostgreSQL refuses the data and
+        :class:`~sinks.errors.WriteFailed` for everything else (retry the same batch).
+        """
+        # Duplicates inside one batch keep the last occurrence, as sequential re-delivery would.
+        rollup_rows: dict[tuple[uuid.UUID, datetime], RollupRow] = {}
+        for item in rollups:
+            row = (
+                item
+                if isinstance(item, RollupRow)
+                else RollupRow.from_record(item, limits=self.limits)
+            )
+            rollup_rows[row.key] = row
+        stats_rows: dict[tuple[uuid.UUID, str, str, datetime], TableStatsRow] = {}
+        for stats_item in table_stats:
+            stats = (
+                stats_item
+                if isinstance(stats_item, TableStatsRow)
+                else TableStatsRow.from_record(stats_item, limits=self.limits)
+            )
+            stats_rows[stats.key] = stats
+        if not rollup_rows and not stats_rows:
+            return WriteResult()
+        # A consistent order of row locks between concurrent sinks: no deadlocks.
+        ordered_rollups = [rollup_rows[k] for k in sorted(rollup_rows)]
+        ordered_stats = [stats_rows[k] for k in sorted(stats_rows)]
+        patterns = _patterns(ordered_rollups)
+        days = {r.day for r in ordered_rollups} | {s.day for s in ordered_stats}
+        for attempt in (1, 2):
+            try:
+                created = self._ensure_days(days)
+                self._write(ordered_rollups, patterns, ordered_stats)
+                break
+            except psycopg.Error as exc:
+                self.forget_partitions()
+                if attempt == 1 and _is_missing_partition(exc):
+                    # A partition of a cached day was dropped (retention): create it again.
+                    continue
+                if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+                    raise RecordRejected(_describe(exc), exc.sqlstate) from None
+                raise WriteFailed(_describe(exc)) from None
+            except WriteFailed:
+                self.forget_partitions()
+                raise
+        LAST_WRITE.set(time.time())
+        ROWS_WRITTEN.labels("rollups").inc(len(ordered_rollups))
+        ROWS_WRITTEN.labels("patterns").inc(len(patterns))
+        ROWS_WRITTEN.labels("table_stats").inc(len(ordered_stats))
+        return WriteResult(len(ordered_rollups), len(patterns), len(ordered_stats), tuple(created))
+
+    def _write(
+        self,
+        rollups: Sequence[RollupRow],
+        patterns: Sequence[_Pattern],
+        table_stats: Sequence[TableStatsRow],
+    ) -> None:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if rollups:
+                cur.executemany(_UPSERT_ROLLUPS, [_rollup_params(r) for r in rollups])
+            if patterns:
+                cur.executemany(
+                    _UPSERT_PATTERNS,
+                    [
+                        {
+                            "fingerprint": p.fingerprint,
+                            "query_name": p.query_name,
+                            "sql": p.sql,
+                            "first_seen": p.first_seen,
+                            "last_seen": p.last_seen,
+                        }
+                        for p in patterns
+                    ],
+                )
+            if table_stats:
+                cur.executemany(_UPSERT_TABLE_STATS, [_stats_params(s) for s in table_stats])
+
+
+def _rollup_params(row: RollupRow) -> dict[str, Any]:
+    params = {name: getattr(row, name) for name, _ in ROLLUP_COLUMNS}
+    params["sketch_keys"] = list(row.sketch_keys)
+    params["sketch_weights"] = list(row.sketch_weights)
+    return params
+
+
+def _stats_params(row: TableStatsRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name, _ in TABLE_STATS_COLUMNS}
