@@ -127,6 +127,8 @@ class KafkaSettings(_Section):
                                    json_schema_extra={"allowed": "host:port[,host:port...]"})
     region: str = Field("local", min_length=1, max_length=64,
                         json_schema_extra={"allowed": "1..64 characters"})
+    # A name, or a regex starting with "^" to consume several (mirrored regional) event topics,
+    # e.g. "^([a-z0-9-]+\\.)?fraiseql\\.query-events$".
     events_topic: str = "fraiseql.query-events"
     rollups_topic: str = "fraiseql.query-rollups"
     table_stats_topic: str = "fraiseql.table-stats"

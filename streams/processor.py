@@ -28,7 +28,7 @@ __all__ = ["BatchResult", "StreamError", "StreamProcessor"]
 
 log = logging.getLogger(__name__)
 
-EVENTS_IN = Counter("fraiseql_stream_events_total", "Query events consumed", ["topic"])
+EVENTS_IN = Counter("fraiseql_stream_events_total", "Query events consumed by the stream worker")
 EVENTS_COUNTED = Counter("fraiseql_stream_events_counted_total", "Events added to a window")
 LATE = Counter("fraiseql_events_late_total", "Events whose window had already closed (dead-lettered as late)")
 DEAD_LETTERED = Counter("fraiseql_events_dead_lettered_total", "Messages sent to the dead-letter topic",
@@ -166,7 +166,7 @@ class StreamProcessor:
                 LATE.inc()
                 self._dead_letter(msg, "late", "the event's window had already closed", result)
         if result.consumed:
-            EVENTS_IN.labels(self.settings.kafka.events_topic).inc(result.consumed)
+            EVENTS_IN.inc(result.consumed)
             EVENTS_COUNTED.inc(result.counted)
         return result
 

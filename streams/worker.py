@@ -60,7 +60,10 @@ def run_stream_loop(settings: Settings, stop: threading.Event,
                     on_ready: Callable[[], None] | None = None) -> None:
     """Consume, aggregate and publish until ``stop`` is set."""
     kafka = settings.kafka
-    ensure_topics(kafka, [kafka.events_topic, kafka.rollups_topic, kafka.dead_letters_topic])
+    # events_topic may be a regex ("^…", librdkafka's convention), e.g. to consume the topics that
+    # MirrorMaker 2 mirrors from regional clusters; regex subscriptions create nothing.
+    ensure_topics(kafka, [t for t in (kafka.events_topic, kafka.rollups_topic, kafka.dead_letters_topic)
+                          if not t.startswith("^")])
     producer = stream_producer(settings)
     processor = StreamProcessor(settings, producer, default_codec())
     consumer = Consumer(consumer_config(settings))
