@@ -143,7 +143,11 @@ def cmd_retention(args: argparse.Namespace) -> int:
     from sinks.retention import drop_expired_partitions  # noqa: PLC0415
 
     settings = _settings(args, **{"database.url": args.database})
-    dropped = drop_expired_partitions(settings.database_url, settings.retention_days)
+    # minute_retention_days: proposed Settings field (sinks issue); absent means retention_days.
+    dropped = drop_expired_partitions(
+        settings.database_url, settings.retention_days,
+        minute_retention_days=getattr(settings, "minute_retention_days", None),
+    )
     print(f"dropped {len(dropped)} partition(s)" + (f": {', '.join(dropped)}" if dropped else ""))
     return EXIT_OK
 

@@ -5,14 +5,19 @@ column. The model has four such views and three families of query patterns:
 
 * fast primary-key lookups (``WHERE id = $1``, ``id = ANY($1)``, keyset pages): 1-3 ms;
 * *planted* slow JSONB patterns -- filters, sorts and aggregates on ``data->>'...'`` paths, nested
-  paths, numeric casts, containment -- 60-420 ms medians: what the analyzer must find;
+  paths, numeric casts, containment -- 60-420 ms medians: what the analyzer must find. The
+  headline one is ``ordersByCustomerEmail``: an equality filter on a selective text path
+  (~8 orders per customer among 400k) that a plain expression index speeds up ~260× (NOTES.md);
 * a long tail of 120 rarer generated patterns (many paths × operators), 1-50 ms.
 
 Popularity is Zipf-like over the core patterns (rank r gets weight ∝ 1/r) and within the tail,
-which shares 6 % of traffic. Latencies are lognormal with a per-pattern median and spread, scaled by
+which shares 6 % of traffic (``ordersByCustomerEmail`` is appended after the original 16 with the
+popularity of rank 2, so the earlier patterns keep their positions and relative shares). Latencies are lognormal with a per-pattern median and spread, scaled by
 a per-region factor. Each pattern carries its SQL (``$n`` placeholders, FraiseQL style) *and* an
-argument generator, so a real-execution mode can later run the same patterns against a demo
-database; the synthetic mode only needs the SQL and the latency model.
+argument generator whose values exist in the demo application database of
+:mod:`producers.appdb` (table sizes: :func:`demo_table_rows`), so the real-execution mode
+(:mod:`producers.execute`) runs the same patterns; the synthetic mode only needs the SQL and the
+latency model.
 """
 
 from __future__ import annotations
@@ -28,13 +33,22 @@ from typing import Final
 from .fingerprint import fingerprint_sql
 
 __all__ = [
+    "DATA_REGIONS",
     "DEFAULT_REGIONS",
+    "DEMO_ROWS",
+    "DEMO_TABLE_FRACTION",
     "ERROR_CLASSES",
+    "ORDER_STATUSES",
+    "PLANTED_PATH",
+    "PLANTED_QUERY",
+    "PRODUCT_CATEGORIES",
     "TAIL_CAPACITY",
+    "TAIL_WORDS",
     "VIEWS",
     "QueryPattern",
     "Workload",
     "default_workload",
+    "demo_table_rows",
 ]
 
 DEFAULT_REGIONS: Final = ("us-east-1", "eu-west-1")
@@ -49,6 +63,30 @@ ParamGenerator = Callable[[random.Random], tuple[object, ...]]
 _STATUSES: Final = ("pending", "paid", "shipped", "delivered", "cancelled", "refunded")
 _REGIONS_IN_DATA: Final = ("north", "south", "east", "west", "central")
 _CATEGORIES: Final = ("books", "games", "garden", "kitchen", "music", "outdoor", "toys")
+_WORDS: Final = ("alpha", "beta", "gamma", "delta", "omega")
+# Public names of the value sets, for the demo database (producers.appdb) that must contain them.
+ORDER_STATUSES: Final = _STATUSES
+DATA_REGIONS: Final = _REGIONS_IN_DATA
+PRODUCT_CATEGORIES: Final = _CATEGORIES
+TAIL_WORDS: Final = _WORDS
+
+# The demo application database: tv_order has DEMO_ROWS rows, the other views a fixed fraction
+# (8 orders per user, 20 per product, 2 per invoice). Argument generators draw ids and e-mails
+# from these sizes, so lookups find rows.
+DEMO_ROWS: Final = 400_000
+DEMO_TABLE_FRACTION: Final = {"tv_order": 1.0, "tv_user": 1 / 8, "tv_product": 1 / 20,
+                              "tv_invoice": 1 / 2}
+# The headline planted pattern: equality on a selective text path of the largest view.
+PLANTED_QUERY: Final = "ordersByCustomerEmail"
+PLANTED_PATH: Final = ("customer_email",)
+
+
+def demo_table_rows(rows: int = DEMO_ROWS) -> dict[str, int]:
+    """Rows per view of a demo database whose tv_order has ``rows`` rows (each view >= 1)."""
+    return {view: max(1, int(rows * fraction)) for view, fraction in DEMO_TABLE_FRACTION.items()}
+
+
+_DEMO_SIZES: Final = demo_table_rows()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +156,13 @@ def _path_sql(path: Sequence[str]) -> str:
     return "data" + "".join(f"->'{p}'" for p in parents) + f"->>'{leaf}'"
 
 
-def _by_id(rng: random.Random) -> tuple[object, ...]:
-    return (rng.randrange(1, 400_001),)
+def _by_id(view: str) -> ParamGenerator:
+    upper = _DEMO_SIZES[view]
+    return lambda rng: (rng.randrange(1, upper + 1),)
+
+
+def _user_email(rng: random.Random) -> str:
+    return f"user{rng.randrange(1, _DEMO_SIZES['tv_user'] + 1)}@example.com"
 
 
 def _core_patterns() -> list[QueryPattern]:
@@ -130,16 +173,16 @@ def _core_patterns() -> list[QueryPattern]:
     # (thousands of queries per day at 10k q/s) for the analyzer's min_frequency.
     core = [
         QueryPattern("user", "tv_user", "SELECT data FROM tv_user WHERE id = $1",
-                     "by_id", 0.9, 0.35, 1, 1, 0.0005, _by_id),
+                     "by_id", 0.9, 0.35, 1, 1, 0.0005, _by_id("tv_user")),
         QueryPattern("order", "tv_order", "SELECT data FROM tv_order WHERE id = $1",
-                     "by_id", 1.1, 0.35, 1, 1, 0.0005, _by_id),
+                     "by_id", 1.1, 0.35, 1, 1, 0.0005, _by_id("tv_order")),
         QueryPattern("ordersByStatus", "tv_order",
                      "SELECT data FROM tv_order WHERE data->>'status' = $1 "
                      "ORDER BY data->>'created_at' DESC LIMIT $2",
                      "sort", 180.0, 0.45, 1, 40, 0.004, pick(_STATUSES),
                      (("status",), ("created_at",)), planted=True),
         QueryPattern("product", "tv_product", "SELECT data FROM tv_product WHERE id = $1",
-                     "by_id", 0.8, 0.3, 1, 1, 0.0005, _by_id),
+                     "by_id", 0.8, 0.3, 1, 1, 0.0005, _by_id("tv_product")),
         QueryPattern("productsByCategory", "tv_product",
                      "SELECT data FROM tv_product WHERE data->>'category' = $1 LIMIT $2",
                      "filter", 4.0, 0.5, 1, 30, 0.002, pick(_CATEGORIES), (("category",),)),
@@ -159,14 +202,15 @@ def _core_patterns() -> list[QueryPattern]:
         QueryPattern("userByEmail", "tv_user",
                      "SELECT data FROM tv_user WHERE data->>'email' = $1",
                      "filter", 100.0, 0.4, 1, 1, 0.005,
-                     lambda rng: (f"user{rng.randrange(1, 400_001)}@example.com",),
+                     lambda rng: (_user_email(rng),),
                      (("email",),), planted=True),
         QueryPattern("invoice", "tv_invoice", "SELECT data FROM tv_invoice WHERE id = $1",
-                     "by_id", 1.0, 0.35, 1, 1, 0.0005, _by_id),
+                     "by_id", 1.0, 0.35, 1, 1, 0.0005, _by_id("tv_invoice")),
         QueryPattern("ordersByIds", "tv_order",
                      "SELECT data FROM tv_order WHERE id = ANY($1) ORDER BY id",
                      "by_id", 2.0, 0.4, 1, 10, 0.001,
-                     lambda rng: ([rng.randrange(1, 400_001) for _ in range(10)],)),
+                     lambda rng: ([rng.randrange(1, _DEMO_SIZES["tv_order"] + 1)
+                                   for _ in range(10)],)),
         QueryPattern("ordersContaining", "tv_order",
                      "SELECT data FROM tv_order WHERE data @> $1::jsonb LIMIT $2",
                      "containment", 60.0, 0.6, 1, 20, 0.005,
@@ -194,9 +238,19 @@ def _core_patterns() -> list[QueryPattern]:
                      "ORDER BY (data->>'created_at')::timestamptz DESC LIMIT $2",
                      "sort", 110.0, 0.5, 1, 50, 0.005,
                      lambda rng: ("2025-01-01T00:00:00Z", 50), (("created_at",),), planted=True),
+        # A customer's order history: ~8 of 400k rows match, so a seq scan reads everything for
+        # nothing (~184 ms) where an expression index answers in ~0.7 ms (NOTES.md).
+        QueryPattern(PLANTED_QUERY, "tv_order",
+                     "SELECT data FROM tv_order WHERE data->>'customer_email' = $1 LIMIT $2",
+                     "filter", 180.0, 0.4, 1, 8, 0.004,
+                     lambda rng: (_user_email(rng), rng.choice((20, 50, 100))),
+                     (PLANTED_PATH,), planted=True),
     ]
     share = 1.0 - TAIL_SHARE
-    weights = [1.0 / rank for rank in range(1, len(core) + 1)]
+    # Zipf rank by position, except the last pattern, appended later: it takes the popularity of
+    # rank 2 (a customer's order history is among the most viewed pages) without moving the others.
+    ranks = [*range(1, len(core)), 2]
+    weights = [1.0 / rank for rank in ranks]
     total = sum(weights)
     return [_with_popularity(p, share * w / total) for p, w in zip(core, weights, strict=True)]
 
@@ -219,7 +273,7 @@ _TAIL_PATHS: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
 }
 
 def _word(rng: random.Random) -> str:
-    return rng.choice(("alpha", "beta", "gamma", "delta", "omega"))
+    return rng.choice(_WORDS)
 
 
 # (kind, SQL template, rows_median, argument generator): {v} view, {p} path expression.
@@ -266,7 +320,7 @@ def _tail_patterns(count: int, seed: int) -> list[QueryPattern]:
 
 
 def default_workload(*, tail: int = 120, seed: int = 0) -> Workload:
-    """The standard model: 16 core patterns (9 planted slow JSONB ones) plus ``tail`` rare ones.
+    """The standard model: 17 core patterns (10 planted slow JSONB ones) plus ``tail`` rare ones.
 
     ``tail`` is capped by :data:`TAIL_CAPACITY` (175 distinct generated shapes).
     """

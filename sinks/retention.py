@@ -13,6 +13,13 @@ transaction block and leaves a half-detached partition behind when interrupted; 
 for milliseconds here, which does not justify that. Partitions that stay locked (a long analyst
 query) are reported as an error after the others were dropped; the next run picks them up.
 
+Two levels of rollups: the minute rows (``rollups``) may be kept for a shorter time
+(``minute_retention_days``) than the hourly cells (``rollups_hourly``) and table statistics
+(``retention_days``); long periods are then read from the hourly level. Dropping a minute
+partition records, in the same transaction, ``retention_horizons('rollups')``: the hourly cells
+before it can no longer be recomputed from minute rows, so the sink leaves them as they are
+(frozen) should a very late minute rollup for such a day ever arrive.
+
 Connect as a member of ``fraiseql_maintainer`` (the partitions' owner) or a superuser.
 """
 
@@ -33,11 +40,24 @@ from fraiseql_observability.secrets import mask_secrets, mask_url
 from .errors import RetentionError
 from .migrate import SCHEMA
 
-__all__ = ["PARTITIONED_TABLES", "Partition", "drop_expired_partitions", "list_partitions"]
+__all__ = [
+    "MINUTE_TABLE",
+    "PARTITIONED_TABLES",
+    "Partition",
+    "drop_expired_partitions",
+    "list_partitions",
+]
 
 log = logging.getLogger(__name__)
 
-PARTITIONED_TABLES: Final = ("rollups", "table_stats")
+PARTITIONED_TABLES: Final = ("rollups", "rollups_hourly", "table_stats")
+MINUTE_TABLE: Final = "rollups"
+
+_RECORD_HORIZON: Final = sql.SQL(
+    "INSERT INTO {table} AS h (table_name, dropped_before) VALUES (%s, %s)"
+    " ON CONFLICT (table_name) DO UPDATE SET"
+    " dropped_before = GREATEST(h.dropped_before, EXCLUDED.dropped_before), updated_at = now()"
+).format(table=sql.Identifier(SCHEMA, "retention_horizons"))
 
 # Partitions of our partitioned tables with their bounds, parsed back to timestamptz in SQL (the
 # bound text is printed in the session's TimeZone and read back in the same session).
@@ -101,6 +121,10 @@ def _drop(
                     (f"{max(1, int(lock_timeout_secs * 1000))}ms",),
                 )
                 table = sql.Identifier(partition.schema, partition.name)
+                if partition.parent == MINUTE_TABLE and partition.upper is not None:
+                    # Same transaction as the drop: the horizon never claims more or less than
+                    # what is really gone.
+                    conn.execute(_RECORD_HORIZON, (partition.parent, partition.upper))
                 conn.execute(sql.SQL("DROP TABLE {}").format(table))
             return True
         except pg_errors.LockNotAvailable:
@@ -116,20 +140,27 @@ def drop_expired_partitions(
     retention_days: int,
     now: datetime | None = None,
     *,
+    minute_retention_days: int | None = None,
     lock_timeout_secs: float = 1.0,
     attempts: int = 8,
 ) -> list[str]:
     """Drop the daily partitions entirely older than ``now - retention_days``.
 
+    Minute rollups go after ``minute_retention_days`` instead when that is given (capped at
+    ``retention_days``: minute rows without their hourly cells would serve no reader).
     Returns the qualified names dropped, oldest first. Raises :class:`RetentionError` (carrying
     the names that were dropped) when some expired partition stayed locked.
     """
     if retention_days < 1:
         raise ValueError("retention_days must be >= 1")
+    if minute_retention_days is not None and minute_retention_days < 1:
+        raise ValueError("minute_retention_days must be >= 1")
     moment = now if now is not None else datetime.now(UTC)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     cutoff = moment - timedelta(days=retention_days)
+    minute_days = min(retention_days, minute_retention_days or retention_days)
+    cutoffs = {MINUTE_TABLE: moment - timedelta(days=minute_days)}
     dropped: list[str] = []
     busy: list[str] = []
     try:
@@ -138,7 +169,8 @@ def drop_expired_partitions(
         ) as conn:
             conn.execute("SET TimeZone = 'UTC'")
             expired = [
-                p for p in list_partitions(conn) if p.upper is not None and p.upper <= cutoff
+                p for p in list_partitions(conn)
+                if p.upper is not None and p.upper <= cutoffs.get(p.parent, cutoff)
             ]
             for partition in expired:
                 if _drop(conn, partition, lock_timeout_secs, attempts):
