@@ -139,6 +139,18 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import replay, terminal_progress  # noqa: PLC0415
+
+    settings = _settings(args)
+    end = args.to or datetime.now(UTC)
+    if end <= args.start:
+        raise ConfigError(f"--to {end.isoformat()} must be after --from {args.start.isoformat()}")
+    report = replay(settings, args.start, end, progress=terminal_progress(), stop=_stop_event())
+    print(report.summary())
+    return EXIT_OK
+
+
 def cmd_retention(args: argparse.Namespace) -> int:
     from sinks.retention import drop_expired_partitions  # noqa: PLC0415
 
@@ -206,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread event times over the past N minutes instead of now")
     p.add_argument("--regions", default="us-east-1,eu-west-1", help="comma-separated regions")
     p.add_argument("--seed", type=int, default=7)
+
+    p = _add(sub, "replay", cmd_replay, "recompute rollups from the events topic (backfill)",
+             "Recompute the rollups of every window lying entirely in [--from, --to) from the "
+             "events topic and publish them to the rollups topic, where the sink upserts them by "
+             "id: replaying twice, or over windows the live pipeline wrote, changes nothing. "
+             "Shows progress with rate and ETA.")
+    p.add_argument("--from", dest="start", type=_parse_time, required=True, metavar="TIME",
+                   help="ISO-8601 time, 'now' or -N[s|m|h|d]")
+    p.add_argument("--to", type=_parse_time, default=None, metavar="TIME", help="default: now")
 
     p = _add(sub, "retention", cmd_retention, "drop metrics older than retention_days",
              "Drop whole daily partitions older than retention_days (never deletes row by row).")

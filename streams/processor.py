@@ -72,11 +72,17 @@ class StreamProcessor:
         *,
         stage: str = "stream",
         now_us: Callable[[], int] | None = None,
+        dead_letters: bool = True,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
+        """``dead_letters=False`` and ``keep`` serve replays: the live worker already dead-lettered
+        bad input, and a replay publishes only the windows of its interval."""
         self.settings = settings
         self.producer = producer
         self.codec = codec
         self.stage = stage
+        self.dead_letters = dead_letters
+        self.keep = keep
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         streams = settings.streams
         self.window_us = streams.window_secs * MICROS
@@ -200,19 +206,11 @@ class StreamProcessor:
         The order is the protocol: a checkpoint taken before its closed windows are published and
         acknowledged would make a restart treat their events as handled, losing the windows.
         """
-        sent = 0
-        for key in sorted(self._dirty):
-            windows = self.partitions[key]
-            rollups = windows.close_all() if close_all else windows.close_ready()
-            for rollup in rollups:
-                self._produce(self.settings.kafka.rollups_topic, rollup.fingerprint.encode(),
-                              self.codec.encode(QUERY_ROLLUP, rollup.record))
-            sent += len(rollups)
-        self._wait_delivered(stop)
-        WINDOWS_CLOSED.inc(sent)
+        dirty = sorted(self._dirty)
+        sent = self.publish(dirty, stop, close_all=close_all)
         offsets = []
         now_s = self._now_us() / MICROS
-        for key in sorted(self._dirty):
+        for key in dirty:
             windows = self.partitions[key]
             cp = windows.checkpoint()
             offsets.append(TopicPartition(key[0], key[1], cp.commit_offset, metadata=cp.encode()))
@@ -222,6 +220,23 @@ class StreamProcessor:
             consumer.commit(offsets=offsets, asynchronous=False)
             CHECKPOINTS.inc(len(offsets))
         self._dirty.clear()
+        return sent
+
+    def publish(self, keys: Sequence[TopicPartitionKey], stop: Callable[[], bool], *,
+                close_all: bool = False) -> int:
+        """Close ready (or all) windows of ``keys``, produce the rollups ``keep`` accepts, and wait
+        until Kafka acknowledged them. Returns the number of rollups sent."""
+        sent = 0
+        for key in keys:
+            windows = self.partitions[key]
+            for rollup in windows.close_all() if close_all else windows.close_ready():
+                if self.keep is not None and not self.keep(rollup.record):
+                    continue
+                self._produce(self.settings.kafka.rollups_topic, rollup.fingerprint.encode(),
+                              self.codec.encode(QUERY_ROLLUP, rollup.record))
+                sent += 1
+        self._wait_delivered(stop)
+        WINDOWS_CLOSED.inc(sent)
         WINDOWS_OPEN.set(sum(p.open_windows for p in self.partitions.values()))
         return sent
 
@@ -258,6 +273,10 @@ class StreamProcessor:
     # --- producing ------------------------------------------------------------------------------
 
     def _dead_letter(self, msg: Message, reason: str, detail: str, result: BatchResult) -> None:
+        result.dead_letters += 1
+        result.by_reason[reason] = result.by_reason.get(reason, 0) + 1
+        if not self.dead_letters:
+            return
         record: dict[str, Any] = {
             "reason": reason,
             "detail": detail[:1000],
@@ -272,8 +291,6 @@ class StreamProcessor:
         value = self.codec.encode(DEAD_LETTER, record)
         self._produce(self.settings.kafka.dead_letters_topic, msg.key(), value)
         DEAD_LETTERED.labels(self.stage, reason).inc()
-        result.dead_letters += 1
-        result.by_reason[reason] = result.by_reason.get(reason, 0) + 1
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:

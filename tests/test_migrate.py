@@ -32,14 +32,16 @@ def partition_names(url: str, parent: str) -> list[str]:
 
 
 def test_migrate_is_idempotent_and_precreates_partitions(fresh_db_url: str) -> None:
-    assert migrate(fresh_db_url) == ALL_MIGRATIONS == ["0001_initial"]
+    assert ALL_MIGRATIONS[:2] == ["0001_initial", "0002_hourly_rollups"]
+    assert migrate(fresh_db_url) == ALL_MIGRATIONS
     assert migrate(fresh_db_url) == []
     assert migrate(fresh_db_url) == []
-    assert scalar(fresh_db_url, "SELECT count(*) FROM fraiseql_metrics.schema_migrations") == 1
+    assert scalar(fresh_db_url, "SELECT count(*) FROM fraiseql_metrics.schema_migrations") == len(
+        ALL_MIGRATIONS)
     today = datetime.now(UTC).date()
     expected = [f"p{(today + timedelta(days=d)):%Y%m%d}"
                 for d in range(-PRECREATE_PAST_DAYS, PRECREATE_FUTURE_DAYS + 1)]
-    for parent in ("rollups", "table_stats"):
+    for parent in ("rollups", "rollups_hourly", "table_stats"):
         assert partition_names(fresh_db_url, parent) == [f"{parent}_{e}" for e in expected]
     owner = scalar(fresh_db_url, "SELECT nspowner::regrole::text FROM pg_namespace"
                                  " WHERE nspname = 'fraiseql_metrics'")
@@ -65,7 +67,8 @@ def test_concurrent_migrations_apply_once(fresh_db_url: str) -> None:
         thread.join(60)
     assert not failures, failures
     assert sorted(results) == [[], ALL_MIGRATIONS]
-    assert scalar(fresh_db_url, "SELECT count(*) FROM fraiseql_metrics.schema_migrations") == 1
+    assert scalar(fresh_db_url, "SELECT count(*) FROM fraiseql_metrics.schema_migrations") == len(
+        ALL_MIGRATIONS)
 
 
 def test_concurrent_migrations_of_two_databases_share_the_roles(
@@ -121,7 +124,7 @@ def test_ensure_partitions_guards(metrics_db: str) -> None:
         created = [r[0] for r in conn.execute(call, (day, day + timedelta(hours=30))).fetchall()]
         assert created == [
             f"fraiseql_metrics.{t}_p{d:%Y%m%d}"
-            for d in (day, day + timedelta(days=1)) for t in ("rollups", "table_stats")
+            for d in (day, day + timedelta(days=1)) for t in ("rollups", "rollups_hourly", "table_stats")
         ]
         assert conn.execute(call, (day, day + timedelta(days=2))).fetchall() == []
         assert conn.execute(call, (day, day)).fetchall() == []  # empty range
@@ -181,10 +184,15 @@ def test_collector_writes_but_reads_and_changes_nothing_else(
         "SELECT columns FROM fraiseql_metrics.table_stats",
         "SELECT * FROM fraiseql_metrics.table_stats_latest",
         "SELECT * FROM fraiseql_metrics.schema_migrations",
+        "SELECT * FROM fraiseql_metrics.rollups_hourly",
+        "SELECT * FROM fraiseql_metrics.retention_horizons",
         f"SELECT * FROM {_today_partition()}",
         "DELETE FROM fraiseql_metrics.rollups",
         "DELETE FROM fraiseql_metrics.patterns",
         "DELETE FROM fraiseql_metrics.table_stats",
+        "DELETE FROM fraiseql_metrics.rollups_hourly",
+        "UPDATE fraiseql_metrics.rollups_hourly SET count = 0",
+        "INSERT INTO fraiseql_metrics.retention_horizons VALUES ('rollups', now(), now())",
         "TRUNCATE fraiseql_metrics.rollups",
         "UPDATE fraiseql_metrics.rollups SET rollup_id = gen_random_uuid()",
         "CREATE TABLE fraiseql_metrics.evil (x int)",
@@ -200,8 +208,10 @@ def test_collector_writes_but_reads_and_changes_nothing_else(
 def test_analyst_reads_only(metrics_db: str, analyst_url: str) -> None:
     with RollupWriter(metrics_db, pool_size=1) as writer:
         writer.write([make_rollup(minute_us(5))], [make_table_stats(minute_us(5))])
-    for table in ("rollups", "patterns", "table_stats", "table_stats_latest", "schema_migrations"):
+    for table in ("rollups", "rollups_hourly", "patterns", "table_stats", "table_stats_latest",
+                  "schema_migrations"):
         assert scalar(analyst_url, f"SELECT count(*) FROM fraiseql_metrics.{table}") >= 1
+    assert scalar(analyst_url, "SELECT count(*) FROM fraiseql_metrics.retention_horizons") == 0
     now = datetime.now(UTC)
     for statement in [
         "INSERT INTO fraiseql_metrics.patterns VALUES ('x', 'q', 's', now(), now())",
@@ -210,6 +220,8 @@ def test_analyst_reads_only(metrics_db: str, analyst_url: str) -> None:
         "TRUNCATE fraiseql_metrics.table_stats",
         "CREATE TABLE fraiseql_metrics.evil (x int)",
         f"SELECT fraiseql_metrics.ensure_partitions('{now - timedelta(days=99)}', '{now}')",
+        "SELECT fraiseql_metrics.refresh_hourly('{}', '{}', '{}', '{}')",
+        "DELETE FROM fraiseql_metrics.rollups_hourly",
         f"DROP TABLE {_today_partition()}",
     ]:
         assert refused(analyst_url, statement), statement
@@ -235,3 +247,40 @@ def test_migrate_as_a_non_superuser_with_createrole(pg_admin_url: str) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(dbname)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
+
+
+def test_upgrade_from_0001_fills_the_hourly_level(
+    fresh_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database migrated by the release before the hourly level, holding minute rollups.
+    first = load_migrations()[:1]
+    monkeypatch.setattr("sinks.migrate.load_migrations", lambda: first)
+    assert migrate(fresh_db_url) == ["0001_initial"]
+    from sinks.records import RollupRow  # noqa: PLC0415
+    from sinks.writer import _UPSERT_ROLLUPS, _rollup_params  # noqa: PLC0415
+
+    old = minute_us(60 * 24 * 20)  # 20 days ago: no partition of it yet, hourly or not
+    records = [make_rollup(old + i * 60_000_000, [1.0 + i], fingerprint=f"fp-{i % 2}")
+               for i in range(90)] + [make_rollup(minute_us(30), [5.0])]
+    days = {datetime.fromtimestamp(r["window_start"] / 1e6, UTC).date() for r in records}
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        for day in days:
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            conn.execute("SELECT fraiseql_metrics.ensure_partitions(%s, %s)",
+                         (start, start + timedelta(days=1)))
+        conn.cursor().executemany(_UPSERT_ROLLUPS,
+                                  [_rollup_params(RollupRow.from_record(r)) for r in records])
+    monkeypatch.undo()
+    assert migrate(fresh_db_url) == ALL_MIGRATIONS[1:]
+    assert scalar(fresh_db_url, "SELECT sum(count) FROM fraiseql_metrics.rollups_hourly") == 91.0
+    assert scalar(fresh_db_url, "SELECT sum(windows) FROM fraiseql_metrics.rollups_hourly") == 91
+    # Same totals per pattern and hour as the minute rows (here 1-minute windows: all in cells).
+    mismatches = scalar(fresh_db_url, """
+        SELECT count(*) FROM (
+            SELECT fingerprint, region, date_bin('1 hour', window_start, '2000-01-01+00') AS h,
+                   sum(count) AS c, sum(exec_sum_ms) AS e
+            FROM fraiseql_metrics.rollups GROUP BY 1, 2, 3) AS m
+        FULL JOIN fraiseql_metrics.rollups_hourly AS h
+          ON (h.fingerprint, h.region, h.hour_start) = (m.fingerprint, m.region, m.h)
+        WHERE h.count IS DISTINCT FROM m.c OR h.exec_sum_ms IS DISTINCT FROM m.e""")
+    assert mismatches == 0

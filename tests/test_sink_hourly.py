@@ -28,7 +28,17 @@ from analyzer.stats import (
     pattern_stats_at_level,
 )
 from fraiseql_observability.sketch import QuantileSketch
-from sinks.writer import HOUR, RollupWriter, hour_start, hourly_cells
+from sinks.records import RollupRow
+from sinks.writer import (
+    _REFRESH_HOURLY,
+    _UPSERT_ROLLUPS,
+    HOUR,
+    RollupWriter,
+    _cell_arrays,
+    _rollup_params,
+    hour_start,
+    hourly_cells,
+)
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
 
 HOUR_US = 3600 * MICROS
@@ -48,7 +58,7 @@ def utc(micros: int) -> datetime:
 def hourly_table(url: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(
-            f"SELECT {HOURLY_COLUMNS} FROM fraiseql_metrics.rollups_hourly"  # noqa: S608 - constant
+            f"SELECT {HOURLY_COLUMNS} FROM fraiseql_metrics.rollups_hourly"
             " ORDER BY fingerprint, region, hour_start, sketch_alpha").fetchall()
 
 
@@ -111,8 +121,6 @@ def random_rollups(rng: random.Random, start_us: int, minutes: int, *, window_us
 @given(st.integers(min_value=0, max_value=10**8), st.integers(min_value=1, max_value=3 * 3600))
 def test_a_window_belongs_to_the_cell_of_its_hour_when_inside_it(start_s: int, length_s: int) -> None:
     record = make_rollup(start_s * MICROS + 1_600_000_000 * MICROS, [1.0], window_us=length_s * MICROS)
-    from sinks.records import RollupRow  # noqa: PLC0415
-
     row = RollupRow.from_record(record, now=utc(record["window_start"]))
     cells = hourly_cells([row])
     hour = hour_start(row.window_start)
@@ -155,7 +163,7 @@ def test_hourly_level_reads_each_closed_window_exactly_once(
             h0 <= ws < h1 and we <= end and we - hour > HOUR,
         ]
         assert int(in_cell) + sum(minute_parts) == int(closed), (ws, we, start, end, h0, h1)
-    assert b"rollups_hourly" in query.as_string().encode()
+    assert "rollups_hourly" in query.as_string()
 
 
 def test_level_choice() -> None:
@@ -163,7 +171,8 @@ def test_level_choice() -> None:
     assert choose_level(now - timedelta(hours=1), now) == "minute"
     assert choose_level(now - HOURLY_LEVEL_FROM, now) == "hourly"
     assert choose_level(now - timedelta(days=7), now) == "hourly"
-    assert b"rollups_hourly" not in closed_rollups_query(now - timedelta(hours=1), now)[0].as_string().encode()
+    short, _ = closed_rollups_query(now - timedelta(hours=1), now)
+    assert "rollups_hourly" not in short.as_string()
     with pytest.raises(ValueError, match="after start"):
         closed_rollups_query(now, now)
 
@@ -224,32 +233,42 @@ def test_redelivery_reordering_and_late_rollups_give_the_same_hourly_rows(metric
 
 
 @pytest.mark.postgres
-def test_concurrent_sinks_writing_the_same_cells_lose_nothing(metrics_db: str) -> None:
-    """Two sinks own different source partitions of the same patterns: each refreshes the same
-    cells at the same time. Without the cell lock, one refresh would miss the other's rows."""
-    rng = random.Random(3)
+def test_concurrent_sinks_writing_the_same_cell_lose_nothing(metrics_db: str) -> None:
+    """Two sinks own different source partitions of one pattern and refresh the same cell at the
+    same moment. The second refresh must wait for the first transaction and then see its rows;
+    reading the minute rows before the wait (a plain UPDATE … FROM) would lose them."""
     start = minute_us(120) - minute_us(120) % HOUR_US
-    records = random_rollups(rng, start, 60, fingerprints=2, partitions=2)
-    by_partition = [[r for r in records if r["source_partition"] == p] for p in (0, 1)]
-    failures: list[BaseException] = []
-    barrier = threading.Barrier(2)
+    records = [make_rollup(start + i * MINUTE, [1.0 + i], source_partition=p)
+               for p in (0, 1, 2) for i in range(3)]
+    rows = [RollupRow.from_record(r) for r in records]
+    with RollupWriter(metrics_db, pool_size=1) as writer:
+        writer.write(records[:3])  # the cell exists, from partition 0
 
-    def sink(rows: list[dict[str, Any]]) -> None:
-        try:
-            with RollupWriter(metrics_db, pool_size=1) as writer:
-                barrier.wait()
-                for i in range(0, len(rows), 3):
-                    writer.write(rows[i:i + 3])
-        except BaseException as exc:
-            failures.append(exc)
+    def write_and_refresh(conn: psycopg.Connection[Any], batch: list[RollupRow]) -> None:
+        conn.cursor().executemany(_UPSERT_ROLLUPS, [_rollup_params(r) for r in batch])
+        conn.execute(_REFRESH_HOURLY, _cell_arrays(hourly_cells(batch)))
 
-    threads = [threading.Thread(target=sink, args=(rows,)) for rows in by_partition]
-    for thread in threads:
+    with psycopg.connect(metrics_db) as first, psycopg.connect(metrics_db) as second:
+        write_and_refresh(first, rows[3:6])  # partition 1, not committed yet
+        done = threading.Event()
+        failures: list[BaseException] = []
+
+        def other_sink() -> None:
+            try:
+                write_and_refresh(second, rows[6:9])  # partition 2: blocks on the cell
+                second.commit()
+            except BaseException as exc:
+                failures.append(exc)
+            done.set()
+
+        thread = threading.Thread(target=other_sink)
         thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not failures, failures
+        assert not done.wait(1.0), "the second refresh did not wait for the first"
+        first.commit()
+        thread.join(30)
+        assert not failures, failures
     assert hourly_table(metrics_db) == expected_cells(records)
+    assert hourly_table(metrics_db)[0][4] == 9  # windows
 
 
 @pytest.mark.postgres
@@ -258,7 +277,7 @@ def test_refresh_hourly_refuses_bad_arguments_and_is_the_collectors_only_way_in(
 ) -> None:
     call = ("SELECT fraiseql_metrics.refresh_hourly(%s::text[], %s::text[], %s::timestamptz[],"
             " %s::float8[])")
-    hour = datetime(2025, 1, 1, 10, tzinfo=UTC)
+    hour = hour_start(datetime.now(UTC))  # a day whose partitions migrate created
     with role_url(pg_admin_url, metrics_db, "fraiseql_collector") as url, \
             psycopg.connect(url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="equal length"):
@@ -286,20 +305,23 @@ def test_long_periods_read_from_the_hourly_level_give_the_minute_results(
     base = minute_us(600) - minute_us(600) % HOUR_US
     records = random_rollups(rng, base, 8 * 60, fingerprints=4, partitions=2)
     # Windows of 7 minutes cross hour boundaries: in no cell, read from the minute level.
-    records += random_rollups(rng, base, 8 * 60, window_us=7 * MINUTE, fingerprints=1, partitions=1)
-    for record in records[-40:]:
+    seven = random_rollups(rng, base, 8 * 60, window_us=7 * MINUTE, fingerprints=1, partitions=1)
+    for record in seven:
         record["fingerprint"] = "fp-seven"
         record["rollup_id"] = str(uuid.uuid4())
+    records += seven
     with RollupWriter(metrics_db, pool_size=1) as writer:
         writer.write(records)
-    periods = [(base, base + 8 * HOUR_US), (base + 17 * MINUTE + 5 * MICROS, base + 7 * HOUR_US + 31 * MINUTE),
-               (base + 30 * MINUTE, base + 6 * HOUR_US + 30 * MINUTE), (base + HOUR_US, base + 2 * HOUR_US)]
+    periods = [(base, base + 8 * HOUR_US),
+               (base + 17 * MINUTE + 5 * MICROS, base + 7 * HOUR_US + 31 * MINUTE),
+               (base + 30 * MINUTE, base + 6 * HOUR_US + 30 * MINUTE),
+               (base + HOUR_US, base + 2 * HOUR_US)]
     with role_url(pg_admin_url, metrics_db, "fraiseql_analyst") as analyst:
         for start, end in periods:
             minute = pattern_stats(analyst, utc(start), utc(end))
             hourly = pattern_stats_at_level(analyst, utc(start), utc(end), "hourly")
             auto = pattern_stats_at_level(analyst, utc(start), utc(end))
-            assert minute.patterns, (start, end)
+            assert "fp-seven" in {p.fingerprint for p in minute.patterns}, (start, end)
             assert len(hourly.patterns) == len(minute.patterns) == len(auto.patterns)
             for m, h in zip(minute.patterns, hourly.patterns, strict=True):
                 assert (m.fingerprint, m.region, m.query_name) == (h.fingerprint, h.region, h.query_name)
