@@ -36,6 +36,7 @@ from fraiseql_observability.sketch import (
 )
 
 __all__ = [
+    "ALL_REGIONS",
     "HOURLY_LEVEL_FROM",
     "PatternStats",
     "StatsError",
@@ -45,6 +46,7 @@ __all__ = [
     "closed_rollups_query",
     "merge_sketches",
     "pattern_stats",
+    "pattern_stats_all_regions",
     "pattern_stats_at_level",
     "render_stats_json",
     "render_stats_text",
@@ -328,6 +330,54 @@ def pattern_stats_at_level(
     """
     closed, params = closed_rollups_query(start, end, level)
     query = sql.SQL(_LEVEL_QUERY).format(closed=closed)
+    try:
+        with psycopg.connect(
+            url,
+            connect_timeout=max(1, round(connect_timeout_secs)),
+            application_name="fraiseql-stats",
+            options=f"-c statement_timeout={int(statement_timeout_secs * 1000)}",
+        ) as conn:
+            conn.read_only = True
+            rows = conn.execute(query, params).fetchall()
+    except psycopg.Error as exc:
+        raise StatsError(
+            f"cannot read statistics from {mask_url(url)}: {mask_secrets(str(exc)).strip()}"
+        ) from None
+    return StatsReport(params["start"], params["end"], _build(rows))
+
+
+# --- global statistics: every region of a pattern merged ----------------------------------------
+
+# The region of a line that merges every region of its pattern (``stats --all-regions``).
+ALL_REGIONS: Final = "*"
+
+# The closed windows with their region replaced by ALL_REGIONS, so that _LEVEL_QUERY's grouping by
+# (fingerprint, region) becomes a grouping by fingerprint: counts summed, sketches merged bucket by
+# bucket across every region and source partition (e.g. mirrored regional topics).
+_ALL_REGIONS_CLOSED: Final = sql.SQL(
+    "SELECT fingerprint, {label} AS region, count, error_count, exec_sum_ms,"
+    " sketch_alpha, sketch_keys, sketch_weights FROM ({closed}) AS per_region"
+)
+
+
+def pattern_stats_all_regions(
+    url: str,
+    start: datetime,
+    end: datetime,
+    level: StatsLevel | None = None,
+    *,
+    connect_timeout_secs: float = 10.0,
+    statement_timeout_secs: float = 120.0,
+) -> StatsReport:
+    """Global statistics per pattern over the closed windows inside ``[start, end)``.
+
+    One line per fingerprint with region :data:`ALL_REGIONS`: weighted counts and errors summed
+    over all regions, percentiles from one sketch merged across all of them — percentiles of the
+    regions cannot be combined. ``level`` as for :func:`pattern_stats_at_level`.
+    """
+    closed, params = closed_rollups_query(start, end, level)
+    merged = _ALL_REGIONS_CLOSED.format(label=sql.Literal(ALL_REGIONS), closed=closed)
+    query = sql.SQL(_LEVEL_QUERY).format(closed=merged)
     try:
         with psycopg.connect(
             url,

@@ -116,13 +116,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
     settings = _settings(args, **{"database.url": args.database})
     end = args.end or datetime.now(UTC)
     start = end - timedelta(seconds=window_to_seconds(args.window))
-    report = pattern_stats(settings.database_url, start, end)
+    if args.all_regions:  # one line per pattern: counts summed, sketches merged across regions
+        from analyzer.stats import pattern_stats_all_regions  # noqa: PLC0415
+
+        report = pattern_stats_all_regions(settings.database_url, start, end)
+    else:
+        report = pattern_stats(settings.database_url, start, end)
     out = render_stats_json(report) if args.format == "json" else render_stats_text(report)
     print(out)
     return EXIT_OK
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
+    if args.execute:
+        return _loadgen_execute(args)
     from producers.loadgen import run_loadgen  # noqa: PLC0415
 
     settings = _settings(args)
@@ -136,6 +143,85 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(json.dumps(report.summary(), indent=2))
+    return EXIT_OK
+
+
+def _loadgen_execute(args: argparse.Namespace) -> int:
+    """``loadgen --execute``: run the workload's SQL against an application database."""
+    from producers.appdb import create_demo_app_db  # noqa: PLC0415
+    from producers.errors import LoadgenError  # noqa: PLC0415
+    from producers.execute import run_real_workload  # noqa: PLC0415
+
+    usage = None
+    if not args.app_database:
+        usage = "loadgen --execute needs --app-database URL"
+    elif args.rate is not None or args.backfill_minutes is not None:
+        usage = "--rate and --backfill-minutes shape synthetic events; --execute runs real queries"
+    elif args.concurrency < 1 or args.app_rows < 1:
+        usage = "--concurrency and --app-rows must be >= 1"
+    if usage:
+        print(f"fraiseql-cli: {usage}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args, **{"metrics.metrics_port": args.metrics_port})
+    if args.create_app_db:
+        log.info("building the demo application database (%d orders)", args.app_rows)
+        create_demo_app_db(args.app_database, rows=args.app_rows, seed=args.seed)
+    try:
+        report = run_real_workload(settings, args.app_database, count=args.count,
+                                   duration=args.duration, seed=args.seed,
+                                   concurrency=args.concurrency, stop=_stop_event())
+    except LoadgenError as exc:
+        print(f"fraiseql-cli: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report.summary(), indent=2))
+    return EXIT_OK
+
+
+def cmd_table_stats(args: argparse.Namespace) -> int:
+    from producers.table_stats import (  # noqa: PLC0415
+        TableStatsError,
+        parse_json_path,
+        publish_table_stats,
+        run_table_stats,
+        snapshot_table_stats,
+    )
+
+    from .metrics import serve_metrics  # noqa: PLC0415
+
+    json_paths: dict[str, list[str]] | None = None
+    if args.json_path:
+        json_paths = {}
+        for item in args.json_path:
+            table, sep, path = item.partition(":")
+            try:
+                if not sep or not table:
+                    raise TableStatsError(f"{item!r}: expected TABLE:PATH")
+                parse_json_path(path)
+            except TableStatsError as exc:
+                print(f"fraiseql-cli: --json-path {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            json_paths.setdefault(table, []).append(path)
+    if not args.interval > 0:
+        print(f"fraiseql-cli: --interval {args.interval}: must be > 0", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    tables = args.table or None
+    if args.once:
+        records = snapshot_table_stats(args.app_database, region=settings.kafka.region,
+                                       tables=tables, json_paths=json_paths)
+        publish_table_stats(settings, records)
+        print(json.dumps({
+            "topic": settings.kafka.table_stats_topic,
+            "snapshot_id": records[0]["snapshot_id"] if records else None,
+            "tables": [{"table": f"{r['schema_name']}.{r['table_name']}",
+                        "row_estimate": r["row_estimate"], "total_bytes": r["total_bytes"],
+                        "columns": len(r["columns"]), "indexes": len(r["indexes"])}
+                       for r in records],
+        }, indent=2))
+        return EXIT_OK
+    serve_metrics(args.metrics_port)
+    run_table_stats(settings, args.app_database, interval_secs=args.interval, tables=tables,
+                    json_paths=json_paths, stop=_stop_event())
     return EXIT_OK
 
 
@@ -205,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", default="1h", choices=list(WINDOWS), help="period to report (default 1h)")
     p.add_argument("--end", type=_parse_time, default=None, help="end of the period (default now)")
     p.add_argument("--format", default="text", choices=["text", "json"])
+    p.add_argument("--all-regions", action="store_true",
+                   help="one line per pattern over every region (region '*'): global counts and "
+                        "percentiles from sketches merged across regions")
 
     p = _add(sub, "loadgen", cmd_loadgen, "generate a synthetic FraiseQL workload",
              "Produce realistic query events (several views, JSONB filters/sorts/aggregates, a long "
@@ -218,6 +307,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread event times over the past N minutes instead of now")
     p.add_argument("--regions", default="us-east-1,eu-west-1", help="comma-separated regions")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--execute", action="store_true",
+                   help="real-execution mode: run the core patterns' SQL against --app-database "
+                        "with --concurrency connections and record real timings through the "
+                        "recorder (sample_rate applies; region from the configuration)")
+    p.add_argument("--app-database", metavar="URL", default=None,
+                   help="application database for --execute (read access is enough)")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="--execute: threads and pooled connections (default 2)")
+    p.add_argument("--create-app-db", action="store_true",
+                   help="--execute: first (re)create the demo tables tv_order, tv_user, tv_product, "
+                        "tv_invoice in --app-database (drops them if present)")
+    p.add_argument("--app-rows", type=int, default=400_000,
+                   help="--create-app-db: rows of tv_order (the other tables scale with it)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="--execute: serve the recorder's /metrics on this port "
+                        "(default: metrics.metrics_port of the configuration)")
+
+    p = _add(sub, "table-stats", cmd_table_stats, "publish application-table statistics",
+             "Snapshot row counts, sizes, column and JSONB-path statistics (null fraction, "
+             "distinct estimate) and index usage of the application database to the table-stats "
+             "topic, every --interval seconds (serving /metrics) or --once. Run it where the API "
+             "has read access: the metrics service never connects to the application database.")
+    p.add_argument("--app-database", metavar="URL", required=True,
+                   help="application database (read-only access is enough)")
+    p.add_argument("--interval", type=float, default=300.0,
+                   help="seconds between snapshots (default 300)")
+    p.add_argument("--once", action="store_true", help="one snapshot, print a summary, exit")
+    p.add_argument("--table", action="append", metavar="NAME",
+                   help="table to snapshot (repeatable; default: every table outside system schemas)")
+    p.add_argument("--json-path", action="append", metavar="TABLE:PATH",
+                   help="JSONB path to report, e.g. tv_order:customer.region or "
+                        "\"tv_order:data->>'status'\" (repeatable; default: discovered by sampling)")
+    p.add_argument("--metrics-port", type=int, default=9105,
+                   help="port of /metrics while running periodically (default 9105; 0: none)")
 
     p = _add(sub, "replay", cmd_replay, "recompute rollups from the events topic (backfill)",
              "Recompute the rollups of every window lying entirely in [--from, --to) from the "

@@ -12,12 +12,12 @@ column. The model has four such views and three families of query patterns:
 
 Popularity is Zipf-like over the core patterns (rank r gets weight ∝ 1/r) and within the tail,
 which shares 6 % of traffic (``ordersByCustomerEmail`` is appended after the original 16 with the
-popularity of rank 2, so the earlier patterns keep their positions and relative shares). Latencies are lognormal with a per-pattern median and spread, scaled by
-a per-region factor. Each pattern carries its SQL (``$n`` placeholders, FraiseQL style) *and* an
-argument generator whose values exist in the demo application database of
-:mod:`producers.appdb` (table sizes: :func:`demo_table_rows`), so the real-execution mode
-(:mod:`producers.execute`) runs the same patterns; the synthetic mode only needs the SQL and the
-latency model.
+popularity of rank 2, so the earlier patterns keep their positions and relative shares).
+Latencies are lognormal with a per-pattern median and spread, scaled by a per-region factor.
+Each pattern carries its SQL (``$n`` placeholders, FraiseQL style) *and* an argument generator
+whose values exist in the demo application database of :mod:`producers.appdb` (table sizes:
+:func:`demo_table_rows`), so the real-execution mode (:mod:`producers.execute`) runs the same
+patterns; the synthetic mode only needs the SQL and the latency model.
 """
 
 from __future__ import annotations

@@ -96,6 +96,10 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         # from anywhere else once the stream worker committed past their events.
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        # A sink killed without leaving the group holds its partitions until its session expires
+        # (librdkafka's default: 45 s of no progress). Heartbeats come from librdkafka's own
+        # thread, so a database outage (the loop keeps polling anyway) cannot expire a session.
+        "session.timeout.ms": 10000,
     }
     config.update(extra)
     return config

@@ -55,7 +55,7 @@ def test_drops_exactly_the_expired_partitions(metrics_db: str) -> None:
     dropped = drop_expired_partitions(metrics_db, retention_days=5, now=now)
     expired_days = [midnight(d) for d in range(6, 12)]
     expected = [f"fraiseql_metrics.{table}_p{day:%Y%m%d}"
-                for day in sorted(expired_days) for table in ("rollups", "table_stats")]
+                for day in sorted(expired_days) for table in ("rollups", "rollups_hourly", "table_stats")]
     assert sorted(dropped) == sorted(expected)
     assert dropped[0].endswith(f"{midnight(11):%Y%m%d}")  # oldest first
     assert partitions(metrics_db) == before - {name.split(".")[1] for name in expected}
@@ -102,7 +102,7 @@ def test_runs_while_the_sink_writes(metrics_db: str) -> None:
         stop.set()
         thread.join(30)
     assert not failures, failures
-    assert len(dropped) == 20  # ten days, two tables
+    assert len(dropped) == 30  # ten days, three tables
     assert scalar(metrics_db, "SELECT count(*) FROM fraiseql_metrics.rollups") == len(written)
 
 
@@ -118,7 +118,7 @@ def test_a_locked_partition_is_reported_and_the_rest_dropped(metrics_db: str) ->
                                     attempts=2)
         assert time.monotonic() - started < 5
         assert sorted(info.value.dropped) == sorted(
-            f"fraiseql_metrics.{t}_p{d:%Y%m%d}" for t in ("rollups", "table_stats")
+            f"fraiseql_metrics.{t}_p{d:%Y%m%d}" for t in ("rollups", "rollups_hourly", "table_stats")
             for d in (midnight(40), midnight(41)) if f"{t}_p{d:%Y%m%d}" != locked)
         # Writes to the current day are not blocked meanwhile.
         with RollupWriter(metrics_db, pool_size=1, timeout_secs=5) as writer:
@@ -130,3 +130,47 @@ def test_a_locked_partition_is_reported_and_the_rest_dropped(metrics_db: str) ->
 def test_retention_days_must_be_positive(metrics_db: str) -> None:
     with pytest.raises(ValueError, match="retention_days"):
         drop_expired_partitions(metrics_db, 0)
+
+
+def hourly_partitions(url: str) -> set[str]:
+    return {p for p in partitions(url) if p.startswith("rollups_hourly_p")}
+
+
+def test_minute_rollups_go_first_and_hourly_cells_are_frozen_after(metrics_db: str) -> None:
+    fill_days(metrics_db, range(8))
+    now = midnight(0) + timedelta(hours=6)
+    hourly_before = scalar(metrics_db, "SELECT sum(count) FROM fraiseql_metrics.rollups_hourly")
+    dropped = drop_expired_partitions(metrics_db, retention_days=6, now=now, minute_retention_days=2)
+    # Minute rows: days 3..7 ago go (entirely older than 2 days); hourly cells and table stats
+    # only days 7..7 (older than 6 days).
+    assert sorted(dropped) == sorted(
+        [f"fraiseql_metrics.rollups_p{midnight(d):%Y%m%d}" for d in range(3, 8)]
+        + [f"fraiseql_metrics.{t}_p{midnight(7):%Y%m%d}" for t in ("rollups_hourly", "table_stats")])
+    assert {f"rollups_hourly_p{midnight(d):%Y%m%d}" for d in range(7)} <= hourly_partitions(metrics_db)
+    assert scalar(metrics_db, "SELECT count(*) FROM fraiseql_metrics.rollups") == 3
+    assert scalar(metrics_db, "SELECT count(*) FROM fraiseql_metrics.rollups_hourly") == 7
+    assert scalar(metrics_db, "SELECT sum(count) FROM fraiseql_metrics.rollups_hourly") == \
+        hourly_before - 1.0
+    horizon = scalar(metrics_db, "SELECT dropped_before FROM fraiseql_metrics.retention_horizons"
+                                 " WHERE table_name = 'rollups'")
+    assert horizon == midnight(2)
+
+    # A very late minute rollup of a day whose minute rows are gone: written (its partition comes
+    # back, and goes at the next run), but the hourly cell, which can no longer be recomputed
+    # from all its minute rows, keeps what it had.
+    cell = "SELECT count, windows FROM fraiseql_metrics.rollups_hourly WHERE fingerprint = 'fp-4'"
+    with psycopg.connect(metrics_db) as conn:
+        frozen = conn.execute(cell.encode()).fetchall()
+    late = make_rollup(us(midnight(4)) + DAY_US // 2, [9.0], fingerprint="fp-4", source_partition=5)
+    with RollupWriter(metrics_db, pool_size=1) as writer:
+        assert writer.write([late]).hourly_cells == 0
+    with psycopg.connect(metrics_db) as conn:
+        assert conn.execute(cell.encode()).fetchall() == frozen == [(1.0, 1)]
+    assert drop_expired_partitions(metrics_db, retention_days=6, now=now,
+                                   minute_retention_days=2) == [
+        f"fraiseql_metrics.rollups_p{midnight(4):%Y%m%d}"]
+    # A minute retention longer than retention_days is capped by it.
+    assert drop_expired_partitions(metrics_db, retention_days=6, now=now,
+                                   minute_retention_days=30) == []
+    with pytest.raises(ValueError, match="minute_retention_days"):
+        drop_expired_partitions(metrics_db, 6, minute_retention_days=0)

@@ -1,0 +1,231 @@
+"""Stream throughput on this machine, all against the same topic of N realistic events:
+
+(a) the physical ceiling: a bare confluent-kafka consumer that only decodes the events;
+(b) our stream worker end to end (decode, validate, window, sketch, publish rollups, checkpoint);
+(c) the same windowed job written with quixstreams (tumbling event-time windows, per-key reduce
+    into per-region count/sum/min/max/sketch buckets, RocksDB state, final() to a topic);
+(d) a Faust agent that only decodes (``noack_take`` batches): the upper bound for a Faust worker.
+
+Usage: .venv/bin/python bench/bench_stream.py [--events 300000] [--json]
+Needs the local stack (scripts/stack up). Each engine reads the topic from the beginning in its own
+consumer group; the figure is events/s from its first to its N-th event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from fraiseql_observability.codec import QUERY_EVENT, default_codec
+from fraiseql_observability.config import KafkaSettings, Settings, StreamSettings
+from fraiseql_observability.kafka import ensure_topics
+from fraiseql_observability.sketch import QuantileSketch
+from producers.loadgen import generate_events
+
+BOOTSTRAP = os.environ.get("FRAISEQL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+CODEC = default_codec()
+
+
+def fill_topic(topic: str, n: int) -> None:
+    now_us = time.time_ns() // 1000
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 50, "compression.type": "lz4",
+                         "enable.idempotence": True, "partitioner": "murmur2_random",
+                         "queue.buffering.max.messages": 500000})
+    for event in generate_events(n, start_us=now_us - 3600 * 1_000_000, end_us=now_us, seed=1,
+                                 sample_rate=0.01):
+        while True:
+            try:
+                producer.produce(topic, CODEC.encode(QUERY_EVENT, event), event["fingerprint"].encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+
+
+def bench_bare(topic: str, n: int) -> float:
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"bench-bare-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024})
+    consumer.subscribe([topic])
+    decode = CODEC.decode
+    seen = 0
+    start = 0.0
+    while seen < n:
+        for msg in consumer.consume(5000, 1.0):
+            if msg.error() is None:
+                if not seen:
+                    start = time.perf_counter()
+                decode(msg.value(), QUERY_EVENT)
+                seen += 1
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return n / elapsed
+
+
+def bench_ours(topic: str, n: int) -> float:
+    from streams import processor  # noqa: PLC0415
+    from streams.worker import run_stream_loop  # noqa: PLC0415
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=BOOTSTRAP, events_topic=topic,
+                            rollups_topic=prefix + "rollups", dead_letters_topic=prefix + "dead"),
+        streams=StreamSettings(group_id=prefix + "stream", metrics_port=0),
+    )
+    before = processor.EVENTS_IN._value.get()
+    stop = threading.Event()
+    thread = threading.Thread(target=run_stream_loop, args=(settings, stop), daemon=True)
+    thread.start()
+    start = 0.0
+    while True:
+        done = processor.EVENTS_IN._value.get() - before
+        if done and not start:
+            start = time.perf_counter()
+        if done >= n:
+            break
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    thread.join(60)
+    return n / elapsed
+
+
+def bench_quix(topic: str, n: int) -> float:
+    from quixstreams import Application  # noqa: PLC0415
+    from quixstreams.models.serializers import Deserializer  # noqa: PLC0415
+
+    class AvroEvents(Deserializer):  # type: ignore[misc]
+        def __call__(self, value: bytes, ctx: Any) -> Any:
+            return CODEC.decode(value, QUERY_EVENT)
+
+    sketch = QuantileSketch()
+    counted = {"n": 0, "start": 0.0, "end": 0.0}
+
+    def processed(_topic: str, _partition: int, _offset: int) -> None:
+        counted["n"] += 1
+        if counted["n"] == 1:
+            counted["start"] = time.perf_counter()
+        if counted["n"] == n:
+            counted["end"] = time.perf_counter()
+            app.stop()
+
+    def initializer(event: dict[str, Any]) -> dict[str, Any]:
+        return reducer({}, event)
+
+    def reducer(agg: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+        w, x = event["sample_weight"], event["execution_time_ms"]
+        cell = agg.get(event["region"])
+        if cell is None:
+            cell = agg[event["region"]] = {"count": 0.0, "errors": 0.0, "sum": 0.0, "min": x, "max": x,
+                                           "buckets": {}}
+        cell["count"] += w
+        cell["errors"] += w if event["error"] else 0.0
+        cell["sum"] += w * x
+        cell["min"] = min(cell["min"], x)
+        cell["max"] = max(cell["max"], x)
+        key = str(sketch.key(x))
+        cell["buckets"][key] = cell["buckets"].get(key, 0.0) + w
+        return agg
+
+    state_dir = tempfile.mkdtemp(prefix="quix-bench-")
+    app = Application(broker_address=BOOTSTRAP, consumer_group=f"bench-quix-{uuid.uuid4().hex[:8]}",
+                      auto_offset_reset="earliest", state_dir=state_dir, loglevel="WARNING",
+                      on_message_processed=processed, commit_interval=1.0)
+    source = app.topic(topic, value_deserializer=AvroEvents(),
+                       timestamp_extractor=lambda value, _h, _ts, _tt: value["occurred_at"] // 1000)
+    sink = app.topic(f"bench-quix-out-{uuid.uuid4().hex[:8]}", value_serializer="json")
+    sdf = app.dataframe(source)
+    sdf = sdf.tumbling_window(60_000, grace_ms=90_000).reduce(reducer, initializer).final()
+    sdf.to_topic(sink)
+    app.run()
+    return n / (counted["end"] - counted["start"])
+
+
+FAUST_CHILD = r'''
+import sys, time, faust, logging
+topic_name, n, group = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+from fraiseql_observability.codec import default_codec, QUERY_EVENT
+decode = default_codec().decode
+app = faust.App(group, broker="kafka://{bootstrap}", value_serializer="raw", web_enabled=False,
+                stream_wait_empty=False, topic_disable_leader=True, broker_max_poll_records=5000,
+                stream_buffer_maxsize=16384, consumer_auto_offset_reset="earliest")
+topic = app.topic(topic_name, value_serializer="raw")
+state = {{"n": 0, "start": 0.0}}
+
+@app.agent(topic)
+async def consume(stream):
+    async for batch in stream.noack_take(2000, within=0.5):
+        if not state["n"]:
+            state["start"] = time.perf_counter()
+        for event in batch:
+            decode(event.message.value, QUERY_EVENT)
+        state["n"] += len(batch)
+        if state["n"] >= n:
+            sys.__stdout__.write(f"RATE {{n / (time.perf_counter() - state['start'])}}\n")
+            sys.__stdout__.flush()
+            import os
+            os._exit(0)
+
+app.finalize()
+faust.Worker(app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
+'''
+
+
+def bench_faust(topic: str, n: int) -> float:
+    code = FAUST_CHILD.format(bootstrap=BOOTSTRAP)
+    out = subprocess.run([sys.executable, "-c", code, topic, str(n), f"bench-faust-{uuid.uuid4().hex[:8]}"],
+                         capture_output=True, text=True, timeout=600, check=False,
+                         cwd=tempfile.mkdtemp(prefix="faust-bench-"))
+    for line in out.stdout.splitlines():
+        if line.startswith("RATE"):
+            return float(line.split()[1])
+    raise RuntimeError(f"faust bench failed: {out.stderr[-2000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--skip", default="", help="comma-separated engines to skip: bare,ours,quix,faust")
+    args = parser.parse_args()
+    topic = f"bench-{uuid.uuid4().hex[:8]}.fraiseql.query-events"
+    ensure_topics(KafkaSettings(bootstrap_servers=BOOTSTRAP), [topic])
+    t0 = time.perf_counter()
+    fill_topic(topic, args.events)
+    print(f"produced {args.events:,} events in {time.perf_counter() - t0:.1f}s to {topic}", file=sys.stderr)
+    results: dict[str, float] = {}
+    skip = set(args.skip.split(","))
+    for name, fn in (("bare", bench_bare), ("ours", bench_ours), ("quix", bench_quix), ("faust", bench_faust)):
+        if name in skip:
+            continue
+        results[name] = fn(topic, args.events)
+        print(f"{name:>6}: {results[name]:>10,.0f} events/s", file=sys.stderr)
+    if "bare" in results and "ours" in results:
+        results["ours_vs_bare"] = results["ours"] / results["bare"]
+    if "quix" in results and "ours" in results:
+        results["ours_vs_quix"] = results["ours"] / results["quix"]
+    if args.json:
+        print(json.dumps(results))
+    else:
+        labels = {"bare": "(a) bare confluent-kafka consumer, decode only",
+                  "ours": "(b) fraiseql stream worker, end to end",
+                  "quix": "(c) quixstreams, same windowed job",
+                  "faust": "(d) Faust agent, decode only",
+                  "ours_vs_bare": "(b) / (a)", "ours_vs_quix": "(b) / (c)"}
+        for key, value in results.items():
+            fmt = f"{value:.2f}" if key.startswith("ours_vs") else f"{value:,.0f} events/s"
+            print(f"{labels[key]:<50} {fmt}")
+
+
+if __name__ == "__main__":
+    main()
