@@ -193,7 +193,8 @@ def bench_faust(topic: str, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--skip", default="", help="comma-separated engines to skip: bare,ours,quix,faust")
@@ -205,7 +206,8 @@ def main() -> None:
     print(f"produced {args.events:,} events in {time.perf_counter() - t0:.1f}s to {topic}", file=sys.stderr)
     results: dict[str, float] = {}
     skip = set(args.skip.split(","))
-    for name, fn in (("bare", bench_bare), ("ours", bench_ours), ("quix", bench_quix), ("faust", bench_faust)):
+    engines = (("bare", bench_bare), ("ours", bench_ours), ("quix", bench_quix), ("faust", bench_faust))
+    for name, fn in engines:
         if name in skip:
             continue
         results[name] = fn(topic, args.events)
