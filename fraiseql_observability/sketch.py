@@ -7,7 +7,8 @@ back as ``2 * gamma**k / (gamma + 1)``, which is within ``alpha`` (relative) of 
 Why our own instead of the ``ddsketch`` package: its stores are dense arrays (about 5 KB serialized
 per sketch), while a one-minute window of one pattern typically holds a few dozen distinct buckets.
 A sparse ``{bucket: weight}`` map serializes to a few bytes per occupied bucket, merges exactly
-(bucket weights add, so merging two windows' sketches equals sketching their events together),
+(bucket weights add, so merging two windows' sketches equals sketching their events together —
+bit for bit with integer weights, to the last floating-point bits of a bucket's weight otherwise),
 and merges inside PostgreSQL (``unnest`` + ``GROUP BY`` key), which is how the metrics database
 computes percentiles over any period without averaging percentiles.
 
