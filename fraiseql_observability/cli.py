@@ -105,7 +105,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     from .metrics import serve_metrics  # noqa: PLC0415
 
     settings = _settings(args)
-    serve_metrics(settings.sinks.metrics_port)
+    serve_metrics(settings.sinks.metrics_port, settings.metrics_bind)
     run_sink(settings, stop=_stop_event())
     return EXIT_OK
 
@@ -219,7 +219,7 @@ def cmd_table_stats(args: argparse.Namespace) -> int:
                        for r in records],
         }, indent=2))
         return EXIT_OK
-    serve_metrics(args.metrics_port)
+    serve_metrics(args.metrics_port, settings.metrics_bind)
     run_table_stats(settings, args.app_database, interval_secs=args.interval, tables=tables,
                     json_paths=json_paths, stop=_stop_event())
     return EXIT_OK
@@ -247,6 +247,77 @@ def cmd_retention(args: argparse.Namespace) -> int:
         minute_retention_days=getattr(settings, "minute_retention_days", None),
     )
     print(f"dropped {len(dropped)} partition(s)" + (f": {', '.join(dropped)}" if dropped else ""))
+    return EXIT_OK
+
+
+def _validate_url(url: str | None, flag: str) -> str | None:
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{flag}: expected a postgresql:// URL")
+    return url
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analyzer.analyze import AnalyzeOptions, run_analysis  # noqa: PLC0415
+    from analyzer.errors import AnalyzerError  # noqa: PLC0415
+    from analyzer.report import render_json, render_sql, render_text  # noqa: PLC0415
+
+    settings = _settings(args, **{
+        "database.url": args.database,
+        "analysis.window": args.window,
+        "analysis.min_frequency": args.min_frequency,
+        "analysis.min_speedup": args.min_speedup,
+        "analysis.min_selectivity": args.min_selectivity,
+    })
+    analysis = run_analysis(settings.database_url, AnalyzeOptions(
+        window=settings.analysis.window,
+        end=args.end,
+        min_frequency=settings.analysis.min_frequency,
+        min_speedup=settings.analysis.min_speedup,
+        min_selectivity=settings.analysis.min_selectivity,
+        types=frozenset(args.type) if args.type else None,
+        table=args.table,
+        validate_with=_validate_url(args.validate_with, "--validate-with"),
+    ))
+    render = {"json": render_json, "sql": render_sql, "text": render_text}[args.format]
+    out = render(analysis)
+    if args.output:
+        try:
+            Path(args.output).write_text(out if out.endswith("\n") else out + "\n",
+                                         encoding="utf-8")
+        except OSError as exc:
+            raise AnalyzerError(f"--output {args.output}: {exc}") from None
+    else:
+        print(out)
+    return EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from analyzer.schedule import run_once, run_scheduler  # noqa: PLC0415
+
+    from .metrics import serve_metrics  # noqa: PLC0415
+
+    settings = _settings(args, **{"database.url": args.database})
+    validate_with = _validate_url(args.validate_with, "--validate-with")
+    if args.once:
+        result = run_once(settings, validate_with=validate_with)
+        for path in result.reports:
+            print(path)
+        return EXIT_OK if result.ok else EXIT_RUNTIME
+    serve_metrics(settings.analysis.metrics_port, settings.metrics_bind)
+    run_scheduler(settings, stop=_stop_event(), validate_with=validate_with)
+    return EXIT_OK
+
+
+def cmd_diff_analysis(args: argparse.Namespace) -> int:
+    from analyzer.diff import (  # noqa: PLC0415
+        diff_documents,
+        load_document,
+        render_diff_json,
+        render_diff_text,
+    )
+
+    diff = diff_documents(load_document(args.a), load_document(args.b))
+    print(render_diff_json(diff) if args.format == "json" else render_diff_text(diff))
     return EXIT_OK
 
 
@@ -354,6 +425,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "retention", cmd_retention, "drop metrics older than retention_days",
              "Drop whole daily partitions older than retention_days (never deletes row by row).")
     p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
+
+    p = _add(sub, "analyze", cmd_analyze, "suggest schema changes, with evidence",
+             "Analyze the workload in the metrics database: per pattern queries/day, p95/p99 from "
+             "merged sketches, rows returned, table statistics; suggest denormalized columns, "
+             "indexes, materialized views and indexes to drop, ranked by query time saved per "
+             "day. Speedups come from HypoPG on --validate-with (corrected with observed rows) "
+             "or from the cost model. Exit 1 when a database cannot be reached.")
+    p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
+    p.add_argument("--window", default=None, choices=list(WINDOWS),
+                   help="period to analyze (default: analysis.window, 7d)")
+    p.add_argument("--end", type=_parse_time, default=None, help="end of the period (default now)")
+    p.add_argument("--format", default="text", choices=["text", "json", "sql"])
+    p.add_argument("--min-frequency", type=float, default=None, metavar="N",
+                   help="queries/day a suggestion must serve (default: analysis.min_frequency)")
+    p.add_argument("--min-speedup", type=float, default=None, metavar="X",
+                   help="estimated speedup a suggestion must reach (default: analysis.min_speedup)")
+    p.add_argument("--min-selectivity", type=float, default=None, metavar="F",
+                   help="fraction of a table an index must let a query skip (default: "
+                        "analysis.min_selectivity)")
+    p.add_argument("--type", action="append", metavar="T",
+                   choices=["denormalize", "add_index", "drop_index", "materialize_view"],
+                   help="only suggestions of this type (repeatable)")
+    p.add_argument("--table", metavar="NAME", help="only suggestions on this table (name or "
+                                                   "schema.name)")
+    p.add_argument("--validate-with", metavar="URL",
+                   help="a database with the application's schema and statistics and the HypoPG "
+                        "extension (e.g. staging): estimate speedups with its planner")
+    p.add_argument("--output", metavar="FILE", help="write the report to FILE instead of stdout")
+
+    p = _add(sub, "schedule", cmd_schedule, "run the analyzer on its cron schedule, forever",
+             "Run an analysis at every tick of analysis.schedule (cron, UTC): store it and its "
+             "suggestions in the metrics database, publish new suggestions to the suggestions "
+             "topic, write dated JSON/SQL/text reports to analysis.reports_dir, set "
+             "fraiseql_analysis_suggestions_high_priority (served on analysis.metrics_port), "
+             "run retention.")
+    p.add_argument("--database", metavar="URL",
+                   help="metrics database URL (default: configuration); a member of "
+                        "fraiseql_scheduler (and fraiseql_maintainer for retention)")
+    p.add_argument("--validate-with", metavar="URL", help="as for analyze")
+    p.add_argument("--once", action="store_true", help="run one analysis now and exit")
+
+    p = _add(sub, "diff-analysis", cmd_diff_analysis, "compare two analyses",
+             "What appeared, disappeared and changed (priority, estimated speedup) between two "
+             "`analyze --format json` documents.")
+    p.add_argument("a", type=Path, metavar="A.json", help="the earlier analysis")
+    p.add_argument("b", type=Path, metavar="B.json", help="the later analysis")
+    p.add_argument("--format", default="text", choices=["text", "json"])
     return parser
 
 

@@ -168,6 +168,9 @@ class Settings(_Section):
 
     enabled: bool = False
     sample_rate: float = _field(0.1, ge=0, le=1)
+    # Address every process serves /metrics on: loopback by default; "0.0.0.0" in containers so
+    # Prometheus and Kubernetes probes can reach it.
+    metrics_bind: str = Field("127.0.0.1", min_length=1, json_schema_extra={"allowed": "an IP address"})
     retention_days: int = _field(30, ge=1, le=3650)
     metrics: MetricsSettings = MetricsSettings()
     database: DatabaseSettings = DatabaseSettings()

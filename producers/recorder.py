@@ -329,7 +329,7 @@ class Recorder:
             with _SERVED_LOCK:
                 if port not in _SERVED_PORTS:
                     try:
-                        serve_metrics(port)
+                        serve_metrics(port, self._settings.metrics_bind)
                         _SERVED_PORTS.add(port)
                     except OSError as exc:
                         log.warning("cannot serve /metrics on port %d: %s", port, exc)

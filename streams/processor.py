@@ -8,6 +8,7 @@ The consumer loop that feeds it lives in :mod:`streams.worker`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -128,6 +129,10 @@ class StreamProcessor:
         for tp in partitions:
             self.partitions.pop((tp.topic, tp.partition), None)
             self._dirty.discard((tp.topic, tp.partition))
+            # Another worker reports these partitions now: stale gauges would double-count lag.
+            for gauge in (CONSUMER_LAG, WATERMARK_DELAY):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tp.topic, str(tp.partition))
         WINDOWS_OPEN.set(sum(p.open_windows for p in self.partitions.values()))
 
     # --- processing ---------------------------------------------------------------------------

@@ -107,5 +107,5 @@ def run_stream_loop(settings: Settings, stop: threading.Event,
 
 def run_stream_worker(settings: Settings, stop: threading.Event) -> None:
     """Entry point of ``fraiseql-cli stream``: serve /metrics, run the loop until ``stop``."""
-    serve_metrics(settings.streams.metrics_port)
+    serve_metrics(settings.streams.metrics_port, settings.metrics_bind)
     run_stream_loop(settings, stop)
