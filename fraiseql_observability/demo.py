@@ -40,20 +40,25 @@ def _say(text: str) -> None:
     print(f"[demo {datetime.now().strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def _fresh_database(admin_url: str) -> str:
+def _fresh_database(admin_url: str, name: str = DEMO_DB) -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
-    return urlunsplit(urlsplit(admin_url)._replace(path="/" + DEMO_DB))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
 
 
-def _write_config(path: Path, prefix: str, bootstrap: str, database_url: str) -> Path:
+def _write_config(path: Path, prefix: str, bootstrap: str, database_url: str, *,
+                  sample_rate: float = 0.01) -> Path:
     path.write_text(
         f"""# written by the demo; every key is documented in SPEC §4 and fraiseql_observability/config.py
 [observability]
 enabled = true
-sample_rate = 0.01
+sample_rate = {sample_rate}
 retention_days = 14
+[observability.metrics]
+flush_interval_secs = 1.0
+[observability.analysis]
+reports_dir = "{path.parent / 'reports'}"
 [observability.database]
 url = "{database_url}"
 [observability.kafka]
@@ -210,6 +215,147 @@ def _verify(stats: dict[str, Any], report: Any) -> bool:
     return True
 
 
+# --- phase 2: the closed loop on a real application database ----------------------------------
+
+APP_DB = "fraiseql_demo_app"
+LOOP_DB = "fraiseql_demo_loop"
+
+
+def _wait_counted(config: Path, database_url: str, want: float, procs: list[subprocess.Popen[bytes]],
+                  what: str) -> bool:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            _say("a worker exited; see its log")
+            return False
+        counted = sum(p["count"] for p in _stats(config, database_url)["patterns"])
+        if counted >= want - 1e-6:
+            return True
+        _say(f"{what}: {counted:,.0f} of {want:,.0f} queries in the metrics database "
+             "(windows close a few seconds after their minute ends)")
+        time.sleep(5)
+    return False
+
+
+def _apply_sql(app_url: str, sql_text: str, path: Path) -> None:
+    """Run the suggestion's migration exactly as an operator would: psql, stop on the first error."""
+    path.write_text(sql_text, encoding="utf-8")
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", app_url, "-f", str(path)],
+                   check=True, env=_child_env(), stdout=subprocess.DEVNULL)
+
+
+def _chart(path: Path, rows: list[tuple[str, float, float]]) -> None:
+    """A small self-contained HTML bar chart of p95 before/after (log scale)."""
+    import html  # noqa: PLC0415
+    import math  # noqa: PLC0415
+
+    top = max(max(b, a) for _, b, a in rows)
+    scale = 480 / math.log10(max(top, 10) * 10)
+    bars = []
+    for i, (name, before, after) in enumerate(rows):
+        y = 30 + i * 56
+        series = (("before", before, "#c0392b"), ("after", after, "#27ae60"))
+        for j, (label, value, color) in enumerate(series):
+            width = max(2.0, math.log10(max(value, 0.1) * 10) * scale)
+            bars.append(f'<rect x="230" y="{y + j * 20}" width="{width:.0f}" height="16" fill="{color}"/>'
+                        f'<text x="{236 + width:.0f}" y="{y + j * 20 + 12}" font-size="11">'
+                        f"{label} {value:.1f} ms</text>")
+        bars.append(f'<text x="4" y="{y + 22}" font-size="12">{html.escape(name[:32])}</text>')
+    height = 40 + len(rows) * 56
+    path.write_text(
+        "<!doctype html><meta charset=utf-8><title>FraiseQL: p95 before/after</title>"
+        "<h3 style='font-family:sans-serif'>Measured p95 per affected pattern, before and after the "
+        "top suggestion (log scale)</h3>"
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="820" height="{height}" '
+        f'font-family="sans-serif">{"".join(bars)}</svg>', encoding="utf-8")
+
+
+def run_closed_loop(*, queries: int, rows: int, workdir: Path, admin_url: str, bootstrap: str) -> int:
+    """Real workload → suggestions → apply the top one → same workload → before/after."""
+    from analyzer.analyze import AnalyzeOptions, run_analysis  # noqa: PLC0415
+    from producers.appdb import create_demo_app_db  # noqa: PLC0415
+    from producers.execute import run_real_workload  # noqa: PLC0415
+    from producers.table_stats import publish_table_stats, snapshot_table_stats  # noqa: PLC0415
+    from sinks.migrate import migrate  # noqa: PLC0415
+
+    started = time.monotonic()
+    run = datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    prefix = f"demo-loop-{run}."
+    logs = workdir / f"loop-{run}"
+    logs.mkdir(parents=True, exist_ok=True)
+    app_url = _fresh_database(admin_url, APP_DB)
+    t0 = time.monotonic()
+    create_demo_app_db(app_url, rows=rows)
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        # --validate-with needs HypoPG in the database it plans against (an operator's staging copy).
+        conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+    _say(f"application database {mask_url(app_url)}: {rows:,} orders with a JSONB data column, "
+         f"no JSONB indexes ({time.monotonic() - t0:.0f}s to build)")
+    metrics_url = _fresh_database(admin_url, LOOP_DB)
+    migrate(metrics_url)
+    config = _write_config(logs / "fraiseql.toml", prefix, bootstrap, metrics_url, sample_rate=1.0)
+    settings = load_settings(config, environ={})
+    ensure_topics(settings.kafka, [settings.kafka.events_topic])
+
+    with _workers(config, logs, 1) as procs:
+        _say(f"phase 1: running {queries} real queries against the application database "
+             "(recorded by the Recorder, like an API process)")
+        before = run_real_workload(settings, app_url, count=queries, seed=1, concurrency=2)
+        publish_table_stats(settings, snapshot_table_stats(app_url, region=settings.kafka.region))
+        if not _wait_counted(config, metrics_url, before.executed, procs, "phase 1"):
+            return 1
+        analysis = run_analysis(metrics_url, AnalyzeOptions(window="1h", validate_with=app_url,
+                                                            min_frequency=1.0))
+        if not analysis.suggestions:
+            _say("the analyzer found nothing to suggest")
+            return 1
+        print()
+        print(f"{'#':>2} {'type':<16} {'priority':<9} {'table':<12} {'path / columns':<34} "
+              f"{'est. speedup':>12}  validation")
+        for i, s in enumerate(analysis.suggestions[:8], 1):
+            target = s.path or ", ".join(s.columns)
+            print(f"{i:>2} {s.type:<16} {s.priority:<9} {s.table:<12} {target[:34]:<34} "
+                  f"{s.impact.estimated_speedup:>11.1f}x  {s.validation.get('method', '?')}")
+        print()
+        top = analysis.suggestions[0]
+        _say(f"applying the top suggestion ({top.type} on {top.table}) with psql: "
+             f"{logs / 'top-suggestion.sql'}")
+        t0 = time.monotonic()
+        _apply_sql(app_url, top.sql, logs / "top-suggestion.sql")
+        _say(f"applied in {time.monotonic() - t0:.1f}s")
+
+        _say(f"phase 2: the same {queries} queries again")
+        after = run_real_workload(settings, app_url, count=queries, seed=1, concurrency=2)
+        publish_table_stats(settings, snapshot_table_stats(app_url, region=settings.kafka.region))
+        if not _wait_counted(config, metrics_url, before.executed + after.executed, procs, "phase 2"):
+            return 1
+
+    rows_out: list[tuple[str, float, float]] = []
+    print()
+    print(f"{'affected pattern':<28} {'p95 before':>11} {'p95 after':>10} {'measured':>9} "
+          f"{'estimated':>10}")
+    worst_ratio = 1.0
+    for ref in top.patterns:
+        b, a = before.queries.get(ref.query_name), after.queries.get(ref.query_name)
+        if b is None or a is None or a.p95_ms <= 0:
+            continue
+        measured = b.p95_ms / a.p95_ms
+        ratio = max(measured, ref.estimated_speedup) / max(min(measured, ref.estimated_speedup), 1e-9)
+        worst_ratio = max(worst_ratio, ratio)
+        rows_out.append((ref.query_name, b.p95_ms, a.p95_ms))
+        print(f"{ref.query_name[:28]:<28} {b.p95_ms:>9.1f}ms {a.p95_ms:>8.1f}ms {measured:>8.1f}x "
+              f"{ref.estimated_speedup:>9.1f}x")
+    print()
+    if rows_out:
+        _chart(logs / "before-after.html", rows_out)
+        _say(f"chart: {logs / 'before-after.html'}; estimated vs measured speedup within "
+             f"{worst_ratio:.1f}x of each other")
+    _say(f"closed loop finished in {time.monotonic() - started:.0f}s")
+    _delete_topics(settings, prefix)
+    return 0 if rows_out else 1
+
+
+
 def _delete_topics(settings: Settings, prefix: str) -> None:
     admin = admin_client(settings.kafka)
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
@@ -224,12 +370,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000, help="sampled events to generate")
     parser.add_argument("--minutes", type=int, default=60, help="event times span the last N minutes")
     parser.add_argument("--streams", type=int, default=2, help="stream worker processes")
+    parser.add_argument("--loop-queries", type=int, default=400,
+                        help="real queries per phase of the closed loop")
+    parser.add_argument("--app-rows", type=int, default=400_000, help="orders in the demo application DB")
+    parser.add_argument("--skip-scale", action="store_true", help="skip phase 1 (synthetic scale)")
+    parser.add_argument("--skip-loop", action="store_true", help="skip phase 2 (closed loop)")
     args = parser.parse_args(argv)
     admin_url = os.environ.get("FRAISEQL_METRICS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     bootstrap = os.environ.get("FRAISEQL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     workdir = Path(os.environ.get("FRAISEQL_STACK_DIR", ".stack")) / "demo"
-    return run_demo(events=args.events, minutes=args.minutes, streams=args.streams, workdir=workdir,
-                    admin_url=admin_url, bootstrap=bootstrap)
+    status = 0
+    if not args.skip_scale:
+        _say("phase 1 of 2: an hour of synthetic traffic at scale through the whole pipeline")
+        status = run_demo(events=args.events, minutes=args.minutes, streams=args.streams,
+                          workdir=workdir, admin_url=admin_url, bootstrap=bootstrap)
+    if status == 0 and not args.skip_loop:
+        _say("phase 2 of 2: the closed loop on a real application database")
+        status = run_closed_loop(queries=args.loop_queries, rows=args.app_rows, workdir=workdir,
+                                 admin_url=admin_url, bootstrap=bootstrap)
+    return status
 
 
 if __name__ == "__main__":
