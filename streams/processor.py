@@ -248,22 +248,36 @@ class StreamProcessor:
     def advance_idle_partitions(self, consumer: Consumer) -> None:
         """Close the windows of partitions that are caught up and have been quiet for idle_secs."""
         now_us = self._now_us()
+        positions = self._positions(consumer)
         for key, windows in self.partitions.items():
             quiet_since = self._last_message_us.setdefault(key, now_us)
             if now_us - quiet_since < self.idle_us or windows.open_windows == 0:
                 continue
             high = self._high_watermark(consumer, key)
-            caught_up = high is not None and windows.position >= high
-            log.debug("idle check %s[%d]: position %d, high %s, open %d", key[0], key[1],
-                      windows.position, high, windows.open_windows)
+            caught_up = high is not None and positions.get(key, windows.position) >= high
+            log.debug("idle check %s[%d]: position %s, high %s, open %d", key[0], key[1],
+                      positions.get(key), high, windows.open_windows)
             if caught_up and windows.advance_idle(now_us - self.idle_us):
                 self._dirty.add(key)
 
     def update_lag(self, consumer: Consumer) -> None:
+        positions = self._positions(consumer)
         for key, windows in list(self.partitions.items()):
             high = self._high_watermark(consumer, key)
             if high is not None:
-                CONSUMER_LAG.labels(key[0], str(key[1])).set(max(0, high - windows.position))
+                position = positions.get(key, windows.position)
+                CONSUMER_LAG.labels(key[0], str(key[1])).set(max(0, high - position))
+
+    def _positions(self, consumer: Consumer) -> dict[TopicPartitionKey, int]:
+        """librdkafka's fetch positions: unlike "last record + 1" they step over transaction
+        markers (MirrorMaker 2 in exactly-once mode writes them), so a caught-up partition's
+        position equals its high watermark."""
+        try:
+            found = consumer.position([TopicPartition(t, p) for t, p in self.partitions])
+        except Exception:  # any failure: fall back to our own positions
+            return {}
+        return {(tp.topic, tp.partition): max(tp.offset, self.partitions[(tp.topic, tp.partition)].position)
+                for tp in found if tp.offset >= 0 and (tp.topic, tp.partition) in self.partitions}
 
     @staticmethod
     def _high_watermark(consumer: Consumer, key: TopicPartitionKey) -> int | None:

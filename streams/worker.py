@@ -47,6 +47,9 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         "queued.max.messages.kbytes": 256 * 1024,
         "session.timeout.ms": 10000,
         "max.poll.interval.ms": 300000,
+        # A regex subscription notices a newly mirrored regional topic at the next metadata
+        # refresh (librdkafka's default: 5 minutes).
+        "topic.metadata.refresh.interval.ms": 30000,
     }
 
 
