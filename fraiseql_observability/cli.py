@@ -111,17 +111,21 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from analyzer.stats import pattern_stats, render_stats_json, render_stats_text  # noqa: PLC0415
+    from analyzer.stats import (  # noqa: PLC0415
+        pattern_stats_all_regions,
+        pattern_stats_at_level,
+        render_stats_json,
+        render_stats_text,
+    )
 
     settings = _settings(args, **{"database.url": args.database})
     end = args.end or datetime.now(UTC)
     start = end - timedelta(seconds=window_to_seconds(args.window))
+    # Whole hours come from the hourly level for long periods (same merged sketches, cheaper).
     if args.all_regions:  # one line per pattern: counts summed, sketches merged across regions
-        from analyzer.stats import pattern_stats_all_regions  # noqa: PLC0415
-
         report = pattern_stats_all_regions(settings.database_url, start, end)
     else:
-        report = pattern_stats(settings.database_url, start, end)
+        report = pattern_stats_at_level(settings.database_url, start, end)
     out = render_stats_json(report) if args.format == "json" else render_stats_text(report)
     print(out)
     return EXIT_OK
@@ -241,10 +245,9 @@ def cmd_retention(args: argparse.Namespace) -> int:
     from sinks.retention import drop_expired_partitions  # noqa: PLC0415
 
     settings = _settings(args, **{"database.url": args.database})
-    # minute_retention_days: proposed Settings field (sinks issue); absent means retention_days.
     dropped = drop_expired_partitions(
         settings.database_url, settings.retention_days,
-        minute_retention_days=getattr(settings, "minute_retention_days", None),
+        minute_retention_days=min(settings.minute_retention_days, settings.retention_days),
     )
     print(f"dropped {len(dropped)} partition(s)" + (f": {', '.join(dropped)}" if dropped else ""))
     return EXIT_OK

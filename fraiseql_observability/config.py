@@ -172,6 +172,9 @@ class Settings(_Section):
     # Prometheus and Kubernetes probes can reach it.
     metrics_bind: str = Field("127.0.0.1", min_length=1, json_schema_extra={"allowed": "an IP address"})
     retention_days: int = _field(30, ge=1, le=3650)
+    # Minute-level rollups are kept this long (never longer than retention_days); hourly rollups,
+    # whose percentiles are the same merged sketches, for retention_days (sinks/DESIGN.md).
+    minute_retention_days: int = _field(3, ge=1, le=3650)
     metrics: MetricsSettings = MetricsSettings()
     database: DatabaseSettings = DatabaseSettings()
     analysis: AnalysisSettings = AnalysisSettings()

@@ -5,6 +5,11 @@
 * :class:`Sampler` -- the keep/drop rule and the ``sample_weight`` it implies.
 * :func:`generate_events` / :func:`run_loadgen` -- already-sampled synthetic events of a
   FraiseQL-shaped :class:`Workload`, with the exact ground truth in a :class:`LoadgenReport`.
+
+Not imported here, so an API process that only records pays for none of them (and exports no
+table-stats metrics): :mod:`producers.appdb` (the demo application database),
+:mod:`producers.execute` (real-execution load against it) and :mod:`producers.table_stats` (the
+table-statistics snapshot job).
 """
 
 from __future__ import annotations

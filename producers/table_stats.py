@@ -29,8 +29,9 @@ Their statistics, in order of preference:
    (``d`` distinct values, ``f1`` seen once, ``N`` non-null rows in the table), -1 × (1 −
    null_frac) when every sampled value is unique, ``d`` when every value repeats, and a negative
    fraction of the row count when the estimate exceeds 10 % of the rows (the ``pg_stats``
-   convention). SYSTEM sampling reads whole pages, so values clustered by insertion order are
-   sampled in runs: n_distinct of such paths is underestimated, like ANALYZE's own page sample.
+   convention). ``avg_width`` is the mean size of the extracted text datum (length + 4-byte
+   header), as ANALYZE reports it for an expression. SYSTEM sampling reads whole pages: values
+   clustered by insertion order are sampled in runs, so their n_distinct can be underestimated.
 
 Everything runs in one read-only transaction with a statement timeout; identifiers and path keys
 reach SQL only through ``psycopg.sql.Identifier``/``Literal``.
@@ -197,7 +198,10 @@ def _parse_expression(text: str) -> JsonPath | None:
     targets = select.get("targetList", [])
     if len(targets) != 1 or set(select) - {"targetList", "limitOption", "op"}:
         return None
-    return _path_from_tree(targets[0].get("ResTarget", {}).get("val"), final=True)
+    target = targets[0].get("ResTarget", {})
+    if "name" in target:  # `expr AS alias`
+        return None
+    return _path_from_tree(target.get("val"), final=True)
 
 
 def parse_json_path(text: str, *, default_column: str = "data") -> JsonPath:
@@ -402,7 +406,7 @@ WITH s AS MATERIALIZED (
     SELECT i, v, count(*) AS c FROM x WHERE v IS NOT NULL GROUP BY i, v
 )
 SELECT (SELECT count(*) FROM s), i, count(*), count(*) FILTER (WHERE c = 1), sum(c),
-       sum(c * pg_column_size(v))::float8 / sum(c)
+       sum(c * (octet_length(v) + 4))::float8 / sum(c)
 FROM g GROUP BY i
 """).format(columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
             table=sql.Identifier(rel.schema, rel.name), sample=_sample_clause(rel, sample_rows),

@@ -1,7 +1,8 @@
 """The sink stage: Kafka rollups and table statistics → the metrics PostgreSQL database.
 
 * :func:`migrate` creates or upgrades the ``fraiseql_metrics`` schema, its roles and partitions;
-* :class:`RollupWriter` writes batches idempotently in one transaction each;
+* :class:`RollupWriter` writes batches idempotently in one transaction each, keeping the hourly
+  roll-up level exact (see ``DESIGN.md``);
 * :func:`run_sink` is the consumer loop (``fraiseql-cli sink``);
 * :func:`drop_expired_partitions` is retention (``fraiseql-cli retention``).
 

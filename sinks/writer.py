@@ -11,11 +11,14 @@ and latest ``last_seen``, which does not depend on the order batches arrive in.
 
 Least privilege: each upsert passes its values as parameters in the ``DO UPDATE SET`` clause
 instead of reading ``EXCLUDED.col``; reading ``EXCLUDED`` needs SELECT on every such column,
-whereas this way the collector role only needs SELECT on the conflict-key columns. psycopg's
-``executemany`` sends the statements in pipeline mode (no round trip per row, the statement
-prepared once). Measured on a loaded 2-core machine: about 8,000 new and 5,000 overwritten
-rollups per second per sink process, bound by Python-side parameter adaptation (a multi-row
-INSERT was not faster); the reference deployment writes about 100 rollups per second.
+whereas this way the collector role only needs SELECT on the conflict-key columns.
+
+Speed: new rollups — nearly all of them — go in with one ``INSERT … SELECT FROM unnest(<one
+array parameter per column>) ON CONFLICT DO NOTHING RETURNING <key>``; only the keys that already
+existed (re-deliveries) are then overwritten row by row by the upsert above (``executemany``,
+pipelined). Per-row statements cost ~3× more, in Python parameter adaptation and server-side
+statement overhead alike (bench/bench_sink.py). A COPY into a temporary table would need the
+TEMP privilege and an UPDATE reading EXCLUDED-like data the collector may not read.
 
 Hourly level: in the same transaction, the (fingerprint, region, hour, alpha) cells the batch
 touched are recomputed from the minute rows by ``fraiseql_metrics.refresh_hourly`` (see
@@ -130,9 +133,39 @@ def _upsert(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) 
 
 
 _UPSERT_ROLLUPS: Final = _upsert("rollups", ROLLUP_COLUMNS, ROLLUP_KEY)
+
+# The fast path for new rollups: the whole batch as one parameter array per column, one statement.
+# Sketch arrays are ragged (PostgreSQL arrays are rectangular), so they travel as array literals
+# in a text[] and are cast per row. Rows that already exist are left alone here (DO NOTHING needs
+# no privilege beyond INSERT and SELECT on the key) and overwritten by _UPSERT_ROLLUPS.
+_TEXT_ARRAY_COLUMNS: Final = frozenset({"sketch_keys", "sketch_weights"})
+
+
+def _insert_new(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> sql.Composed:
+    names = [name for name, _ in columns]
+    return sql.SQL(
+        "INSERT INTO {table} ({columns}) SELECT {values} FROM unnest({arrays}) AS u ({columns})"
+        " ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+    ).format(
+        table=sql.Identifier(SCHEMA, table),
+        columns=sql.SQL(", ").join(map(sql.Identifier, names)),
+        values=sql.SQL(", ").join(
+            sql.SQL("u.{}::{}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns
+        ),
+        # Types come from the fixed table above, never from data.
+        arrays=sql.SQL(", ").join(
+            # %b: binary arrays, several times cheaper to adapt than text ones (no quoting).
+            sql.SQL("%b::text[]" if n in _TEXT_ARRAY_COLUMNS else f"%b::{t}[]")
+            for n, t in columns
+        ),
+        key=sql.SQL(", ").join(map(sql.Identifier, key)),
+    )
+
+
+_INSERT_NEW_ROLLUPS: Final = _insert_new("rollups", ROLLUP_COLUMNS, ROLLUP_KEY)
 _UPSERT_TABLE_STATS: Final = _upsert("table_stats", TABLE_STATS_COLUMNS, TABLE_STATS_KEY)
 _REFRESH_HOURLY: Final = sql.SQL(
-    "SELECT {}(%s::text[], %s::text[], %s::timestamptz[], %s::float8[])"
+    "SELECT {}(%b::text[], %b::text[], %b::timestamptz[], %b::float8[])"
 ).format(sql.Identifier(SCHEMA, "refresh_hourly"))
 
 HOUR: Final = timedelta(hours=1)
@@ -165,19 +198,22 @@ def _cell_arrays(cells: Sequence[HourlyCell]) -> tuple[list[str], list[str], lis
 # (query_name, sql) in byte order wins, the same rule as max() in Python over str (UTF-8 byte
 # order equals code point order), so the outcome does not depend on the order of batches.
 _NEWER: Final = (
-    '(%(last_seen)s::timestamptz, %(query_name)s::text COLLATE "C", %(sql)s::text COLLATE "C")'
+    '(EXCLUDED.last_seen, EXCLUDED.query_name COLLATE "C", EXCLUDED.sql COLLATE "C")'
     ' > (p.last_seen, p.query_name COLLATE "C", p.sql COLLATE "C")'
 )
+# One statement per batch (fingerprints are unique in it). EXCLUDED may be read here: the collector
+# holds SELECT on every column of the catalogue (no PII, SPEC §3).
 _UPSERT_PATTERNS: Final = sql.SQL(
     "INSERT INTO {table} AS p (fingerprint, query_name, sql, first_seen, last_seen)"
-    " VALUES (%(fingerprint)s, %(query_name)s, %(sql)s, %(first_seen)s, %(last_seen)s)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[],"
+    " %b::timestamptz[])"
     " ON CONFLICT (fingerprint) DO UPDATE SET"
-    " first_seen = LEAST(p.first_seen, %(first_seen)s::timestamptz),"
-    " last_seen = GREATEST(p.last_seen, %(last_seen)s::timestamptz),"
-    " query_name = CASE WHEN {newer} THEN %(query_name)s::text ELSE p.query_name END,"
-    " sql = CASE WHEN {newer} THEN %(sql)s::text ELSE p.sql END"
+    " first_seen = LEAST(p.first_seen, EXCLUDED.first_seen),"
+    " last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),"
+    " query_name = CASE WHEN {newer} THEN EXCLUDED.query_name ELSE p.query_name END,"
+    " sql = CASE WHEN {newer} THEN EXCLUDED.sql ELSE p.sql END"
     # Skip the write (a new row version) when nothing would change: the common case.
-    " WHERE p.first_seen > %(first_seen)s::timestamptz OR {newer}"
+    " WHERE p.first_seen > EXCLUDED.first_seen OR {newer}"
 ).format(table=sql.Identifier(SCHEMA, "patterns"), newer=sql.SQL(_NEWER))
 
 
@@ -431,7 +467,14 @@ class RollupWriter:
         refreshed = 0
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             if rollups:
-                cur.executemany(_UPSERT_ROLLUPS, [_rollup_params(r) for r in rollups])
+                inserted = {
+                    (key[0], key[1])
+                    for key in cur.execute(_INSERT_NEW_ROLLUPS, _rollup_arrays(rollups)).fetchall()
+                }
+                # Re-deliveries (rare but routine): overwrite, in the same key order.
+                existing = [r for r in rollups if r.key not in inserted]
+                if existing:
+                    cur.executemany(_UPSERT_ROLLUPS, [_rollup_params(r) for r in existing])
                 # In the same transaction: the hourly level never disagrees with the minute rows
                 # readers can see, and a crash leaves neither written.
                 cells = hourly_cells(rollups)
@@ -439,18 +482,15 @@ class RollupWriter:
                     row = cur.execute(_REFRESH_HOURLY, _cell_arrays(cells)).fetchone()
                     refreshed = int(row[0]) if row is not None and row[0] is not None else 0
             if patterns:
-                cur.executemany(
+                cur.execute(
                     _UPSERT_PATTERNS,
-                    [
-                        {
-                            "fingerprint": p.fingerprint,
-                            "query_name": p.query_name,
-                            "sql": p.sql,
-                            "first_seen": p.first_seen,
-                            "last_seen": p.last_seen,
-                        }
-                        for p in patterns
-                    ],
+                    (
+                        [p.fingerprint for p in patterns],
+                        [p.query_name for p in patterns],
+                        [p.sql for p in patterns],
+                        [p.first_seen for p in patterns],
+                        [p.last_seen for p in patterns],
+                    ),
                 )
             if table_stats:
                 cur.executemany(_UPSERT_TABLE_STATS, [_stats_params(s) for s in table_stats])
@@ -462,6 +502,23 @@ def _rollup_params(row: RollupRow) -> dict[str, Any]:
     params["sketch_keys"] = list(row.sketch_keys)
     params["sketch_weights"] = list(row.sketch_weights)
     return params
+
+
+def _array_literal(values: Sequence[float] | Sequence[int]) -> str:
+    # repr() is the shortest text that reads back as the same float (PostgreSQL's float8 input is
+    # correctly rounded), so weights arrive bit-exact; validation already excluded NaN and inf.
+    return "{" + ",".join(map(repr, values)) + "}"
+
+
+def _rollup_arrays(rows: Sequence[RollupRow]) -> list[list[Any]]:
+    """One list per column of ROLLUP_COLUMNS, in order (the parameters of _INSERT_NEW_ROLLUPS)."""
+    arrays: list[list[Any]] = []
+    for name, _ in ROLLUP_COLUMNS:
+        if name in _TEXT_ARRAY_COLUMNS:
+            arrays.append([_array_literal(getattr(r, name)) for r in rows])
+        else:
+            arrays.append([getattr(r, name) for r in rows])
+    return arrays
 
 
 def _stats_params(row: TableStatsRow) -> dict[str, Any]:

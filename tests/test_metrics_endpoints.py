@@ -138,7 +138,7 @@ def start_pipeline(tmp_path: Path, kafka: KafkaSettings, database_url: str,
     processes.start("sink", cli(config, "sink"))
     # The analyzer's scheduler: serves fraiseql_analysis_suggestions_high_priority. Its cron
     # schedule (weekly) does not fire during the test; the gauge is served from the start.
-    # DEVTEMP processes.start("scheduler", cli(config, "schedule"))
+    processes.start("scheduler", cli(config, "schedule"))
     processes.start("api", [sys.executable, str(api_script), str(config)])
     return Pipeline(config, ports, kafka, database_url)
 
@@ -284,7 +284,6 @@ def test_artefacts_use_spec_names() -> None:
 def test_every_metric_used_is_served(tmp_path: Path, kafka_settings: KafkaSettings, metrics_db: str,
                                      processes: Processes) -> None:
     used = names_used()
-    used.pop("fraiseql_analysis_suggestions_high_priority", None)  # DEVTEMP
     pipeline = start_pipeline(tmp_path, kafka_settings, metrics_db, processes)
     inject_dead_letters(pipeline)
     scraped = wait_for_metrics(pipeline, processes, used)
@@ -303,7 +302,7 @@ def test_every_metric_used_is_served(tmp_path: Path, kafka_settings: KafkaSettin
             "fraiseql_stream_consumer_lag"} <= set(scraped["fraiseql-stream"])
     assert {"fraiseql_metrics_last_write", "fraiseql_sink_consumer_lag",
             "fraiseql_sink_dead_letters_total"} <= set(scraped["fraiseql-sink"])
-    # DEVTEMP
+    assert "fraiseql_analysis_suggestions_high_priority" in scraped["fraiseql-scheduler"]
     # The API process really recorded and sent; the dead letters were counted by reason.
     api = scraped["fraiseql-api"]
     assert api["fraiseql_metrics_buffer_capacity"][0][1] == 100000

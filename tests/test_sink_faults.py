@@ -202,12 +202,14 @@ def test_postgres_outage_and_two_kill_9_lose_and_duplicate_nothing(
         # 2. PostgreSQL stops for 30 s; the sink is killed and restarted in the middle of it.
         own_postgres.down()
         stopped = time.monotonic()
+        published_before_outage = len(feed.acknowledged)
         time.sleep(OUTAGE_SECS / 2)
         processes.kill9("sink")
         processes.start("sink", cli(config, "sink"))
         time.sleep(max(0.0, stopped + OUTAGE_SECS - time.monotonic()))
         processes.assert_running()  # waiting for the database, not dead
         own_postgres.up()
+        assert len(feed.acknowledged) > published_before_outage + 500  # published meanwhile
 
         assert feed.finished.wait(120), "the feed did not finish"
         assert not feed.errors, feed.errors[:3]

@@ -49,11 +49,57 @@ MIN_VALUE = 1e-6  # fraiseql_observability.sketch.MIN_VALUE
 
 # --- SQL -----------------------------------------------------------------------------------------
 
-# Closed windows inside the dashboard's time range (as `fraiseql-cli stats` counts them), for the
-# selected regions. `ARRAY[$region]::text[]` stays valid SQL when the selection is empty.
-_CLOSED_FILTER = """r.window_start >= $__timeFrom() AND r.window_start < $__timeTo()
-      AND r.window_end <= $__timeTo()
-      AND r.region = ANY (ARRAY[$region]::text[])"""
+_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+_COLUMNS = ("fingerprint, region, count, error_count, exec_sum_ms, sketch_alpha, sketch_keys, "
+            "sketch_weights")
+
+# The closed windows inside the dashboard's time range, as analyzer/stats.py reads them: from the
+# minute rollups, or — for periods of 6 hours or more (stats.HOURLY_LEVEL_FROM) — whole hours from
+# fraiseql_metrics.rollups_hourly plus the minute windows of the ragged edges and those crossing
+# an hour boundary. The hourly level matters twice: a week is ~170 rows per pattern and region
+# instead of ~10,000, and past the minute level's retention only the hourly cells are left.
+# Time series read the hourly level only when their bucket is an hour or more (a 5-minute bucket
+# needs minute rows). Hourly cells appear as windows [hour_start, hour_start + 1 h).
+RANGE_HOURLY = "t1 - t0 >= INTERVAL '6 hours'"
+SERIES_HOURLY = f"{RANGE_HOURLY} AND INTERVAL '$bucket' >= INTERVAL '1 hour'"
+
+
+def levels_ctes(hourly_when: str) -> str:
+    minute = f"SELECT m.window_start, m.window_end, {', '.join('m.' + c for c in _COLUMNS.split(', '))}"
+    return f"""bounds AS (
+    SELECT t0, t1,
+           CASE WHEN {hourly_when}
+                THEN date_bin('1 hour', t0 - INTERVAL '1 microsecond', {_ORIGIN}) + INTERVAL '1 hour'
+                ELSE t1 END AS h0,
+           CASE WHEN {hourly_when} THEN date_bin('1 hour', t1, {_ORIGIN}) ELSE t1 END AS h1
+    FROM (SELECT $__timeFrom()::timestamptz AS t0, $__timeTo()::timestamptz AS t1) AS period
+),
+levels AS (
+    SELECT h.hour_start AS window_start, h.hour_start + INTERVAL '1 hour' AS window_end,
+           {', '.join('h.' + c for c in _COLUMNS.split(', '))}
+    FROM fraiseql_metrics.rollups_hourly AS h
+    WHERE h.hour_start >= (SELECT h0 FROM bounds) AND h.hour_start < (SELECT h1 FROM bounds)
+    UNION ALL
+    {minute}
+    FROM fraiseql_metrics.rollups AS m
+    WHERE m.window_start >= (SELECT t0 FROM bounds) AND m.window_start < (SELECT h0 FROM bounds)
+      AND m.window_end <= (SELECT t1 FROM bounds)
+    UNION ALL
+    {minute}
+    FROM fraiseql_metrics.rollups AS m
+    WHERE m.window_start >= (SELECT h1 FROM bounds) AND m.window_start < (SELECT t1 FROM bounds)
+      AND m.window_end <= (SELECT t1 FROM bounds)
+    UNION ALL
+    {minute}
+    FROM fraiseql_metrics.rollups AS m
+    WHERE m.window_start >= (SELECT h0 FROM bounds) AND m.window_start < (SELECT h1 FROM bounds)
+      AND m.window_end <= (SELECT t1 FROM bounds)
+      AND m.window_end - date_bin('1 hour', m.window_start, {_ORIGIN}) > INTERVAL '1 hour'
+)"""
+
+
+# The selected regions. `ARRAY[$region]::text[]` stays valid SQL when the selection is empty.
+_REGION_FILTER = "r.region = ANY (ARRAY[$region]::text[])"
 
 _GAMMA = "((1 + {a}) / (1 - {a}))"
 
@@ -64,10 +110,10 @@ def _bucket_value(key: str, alpha: str) -> str:
 
 
 def latency_ctes(extra_select: str = "", extra_filter: str = "", group: str = "fingerprint, region",
-                 prefix: str = "") -> str:
+                 prefix: str = "", hourly_when: str = RANGE_HOURLY) -> str:
     """``WITH … latency AS (…)``: one row per ``group`` with count, errors, exec_sum_ms and
     p50_ms/p95_ms/p99_ms from the merged sketches. ``extra_select`` adds grouping columns to the
-    rollups read (e.g. a time bucket), ``prefix`` adds CTEs before them."""
+    windows read (e.g. a time bucket), ``prefix`` adds CTEs after the levels."""
     rekeyed = (f"ceil(ln({_bucket_value('b.key', 'c.sketch_alpha')}) / ln({_GAMMA.format(a='t.alpha')}))"
                "::integer")
     quantile_keys = ",\n           ".join(
@@ -75,11 +121,12 @@ def latency_ctes(extra_select: str = "", extra_filter: str = "", group: str = "f
         for name, q in (("50", "0.50"), ("95", "0.95"), ("99", "0.99")))
     percentiles = ",\n           ".join(
         f"{_bucket_value(f'q.k{name}', 't.alpha')} AS p{name}_ms" for name in ("50", "95", "99"))
-    return f"""WITH {prefix}closed AS (
+    return f"""WITH {levels_ctes(hourly_when)},
+{prefix}closed AS (
     SELECT {extra_select}r.fingerprint, r.region, r.count, r.error_count, r.exec_sum_ms,
            r.sketch_alpha, r.sketch_keys, r.sketch_weights
-    FROM fraiseql_metrics.rollups AS r
-    WHERE {_CLOSED_FILTER}{extra_filter}
+    FROM levels AS r
+    WHERE {_REGION_FILTER}{extra_filter}
 ),
 totals AS (
     SELECT {group}, sum(count) AS count, sum(error_count) AS errors,
@@ -127,7 +174,7 @@ latency AS (
 
 _SEARCH = "position(lower('$search') IN lower(coalesce(p.query_name, ''))) > 0"
 _RANGE_SECS = "extract(epoch FROM ($__timeTo()::timestamptz - $__timeFrom()::timestamptz))"
-_BUCKET = "date_bin(INTERVAL '$bucket', r.window_start, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+_BUCKET = f"date_bin(INTERVAL '$bucket', r.window_start, {_ORIGIN})"
 _PATTERN_LABEL = "coalesce(nullif(p.query_name, ''), left(l.fingerprint, 16)) || ' · ' || l.region"
 
 LATENCY_TABLE_SQL = latency_ctes() + f"""
@@ -150,9 +197,9 @@ LIMIT 500"""
 # The busiest $top (pattern, region) pairs of the range, then their percentile per time bucket.
 _TOP = f"""top AS (
     SELECT r.fingerprint, r.region
-    FROM fraiseql_metrics.rollups AS r
+    FROM levels AS r
     LEFT JOIN fraiseql_metrics.patterns AS p USING (fingerprint)
-    WHERE {_CLOSED_FILTER}
+    WHERE {_REGION_FILTER}
       AND {_SEARCH}
     GROUP BY r.fingerprint, r.region
     ORDER BY sum(r.count) DESC, r.fingerprint, r.region
@@ -167,6 +214,7 @@ def percentile_series_sql(quantile: str) -> str:
         extra_filter="\n      AND (r.fingerprint, r.region) IN (SELECT fingerprint, region FROM top)",
         group="bucket_time, fingerprint, region",
         prefix=_TOP,
+        hourly_when=SERIES_HOURLY,
     ) + f"""
 SELECT l.bucket_time AS "time",
        {_PATTERN_LABEL} AS metric,
@@ -176,48 +224,47 @@ LEFT JOIN fraiseql_metrics.patterns AS p USING (fingerprint)
 ORDER BY 1, 2"""
 
 
-THROUGHPUT_SQL = f"""SELECT {_BUCKET} AS "time",
+def region_series_sql(value: str) -> str:
+    """One series per region of ``value`` (an aggregate over the windows of each time bucket)."""
+    return f"""WITH {levels_ctes(SERIES_HOURLY)}
+SELECT {_BUCKET} AS "time",
        r.region AS metric,
-       sum(r.count) / extract(epoch FROM INTERVAL '$bucket') AS value
-FROM fraiseql_metrics.rollups AS r
-WHERE {_CLOSED_FILTER}
+       {value} AS value
+FROM levels AS r
+WHERE {_REGION_FILTER}
 GROUP BY 1, 2
 ORDER BY 1, 2"""
 
-ERRORS_SQL = f"""SELECT {_BUCKET} AS "time",
-       r.region AS metric,
-       sum(r.error_count) / nullif(sum(r.count), 0) AS value
-FROM fraiseql_metrics.rollups AS r
-WHERE {_CLOSED_FILTER}
-GROUP BY 1, 2
-ORDER BY 1, 2"""
 
+THROUGHPUT_SQL = region_series_sql("sum(r.count) / extract(epoch FROM INTERVAL '$bucket')")
+ERRORS_SQL = region_series_sql("sum(r.error_count) / nullif(sum(r.count), 0)")
 # Total time the database spent on the observed queries, per second of wall time: what an
 # optimization saves, whatever pattern it helped.
-EXEC_TIME_SQL = f"""SELECT {_BUCKET} AS "time",
-       r.region AS metric,
-       sum(r.exec_sum_ms) / 1000 / extract(epoch FROM INTERVAL '$bucket') AS value
-FROM fraiseql_metrics.rollups AS r
-WHERE {_CLOSED_FILTER}
-GROUP BY 1, 2
-ORDER BY 1, 2"""
+EXEC_TIME_SQL = region_series_sql("sum(r.exec_sum_ms) / 1000 / extract(epoch FROM INTERVAL '$bucket')")
 
-# The moment the change was applied: the $change_at text box (ISO-8601), or the middle of the
-# dashboard's time range when it is empty.
-_CHANGE_AT = ("coalesce(nullif('$change_at', '')::timestamptz, $__timeFrom()::timestamptz"
-              " + ($__timeTo()::timestamptz - $__timeFrom()::timestamptz) / 2)")
+# The moment the change was applied: the $change_at text box (ISO-8601); empty: the last schema
+# change the analyzer saw applied in the range (fraiseql_metrics.applied_changes), else the middle
+# of the range.
+_CHANGE_AT = ("coalesce(nullif('$change_at', '')::timestamptz,"
+              " (SELECT max(ac.applied_before) FROM fraiseql_metrics.applied_changes AS ac"
+              " WHERE ac.applied_before > $__timeFrom() AND ac.applied_before < $__timeTo()),"
+              " $__timeFrom()::timestamptz + ($__timeTo()::timestamptz - $__timeFrom()::timestamptz) / 2)")
 
 BEFORE_AFTER_SQL = latency_ctes(
-    extra_select=f"CASE WHEN r.window_start < {_CHANGE_AT} THEN 'before' ELSE 'after' END AS period,\n"
-                 "           ",
-    # A window that straddles the change belongs to neither side.
-    extra_filter=f"\n      AND NOT (r.window_start < {_CHANGE_AT} AND r.window_end > {_CHANGE_AT})",
+    prefix=f"change AS (SELECT {_CHANGE_AT} AS at),\n",
+    extra_select="CASE WHEN r.window_start < (SELECT at FROM change) THEN 'before' ELSE 'after' END"
+                 " AS period,\n           ",
+    # A window (or hourly cell) that straddles the change belongs to neither side.
+    extra_filter="\n      AND NOT (r.window_start < (SELECT at FROM change)"
+                 " AND r.window_end > (SELECT at FROM change))",
     group="period, fingerprint, region",
 ) + f"""
 SELECT coalesce(p.query_name, '') AS "query",
        b.region AS "region",
-       b.count / extract(epoch FROM ({_CHANGE_AT} - $__timeFrom()::timestamptz)) AS "queries/s before",
-       a.count / extract(epoch FROM ($__timeTo()::timestamptz - {_CHANGE_AT})) AS "queries/s after",
+       b.count / extract(epoch FROM ((SELECT at FROM change) - $__timeFrom()::timestamptz))
+           AS "queries/s before",
+       a.count / extract(epoch FROM ($__timeTo()::timestamptz - (SELECT at FROM change)))
+           AS "queries/s after",
        b.p95_ms AS "p95 ms before",
        a.p95_ms AS "p95 ms after",
        b.p95_ms / nullif(a.p95_ms, 0) AS "p95 speedup",
@@ -228,9 +275,42 @@ FROM latency AS b
 JOIN latency AS a ON a.fingerprint = b.fingerprint AND a.region = b.region AND a.period = 'after'
 LEFT JOIN fraiseql_metrics.patterns AS p ON p.fingerprint = b.fingerprint
 WHERE b.period = 'before'
-  AND position(lower('$search') IN lower(coalesce(p.query_name, ''))) > 0
+  AND {_SEARCH}
 ORDER BY b.count * (b.p95_ms - a.p95_ms) DESC NULLS LAST, b.fingerprint, b.region
 LIMIT 200"""
+
+# The suggestions of the newest analysis run in the range (written by `fraiseql-cli schedule`).
+SUGGESTIONS_SQL = """SELECT s.rank AS "rank",
+       s.priority AS "priority",
+       s.type AS "type",
+       s.schema_name || '.' || s.table_name AS "table",
+       s.new_column AS "new column",
+       s.queries_per_day AS "queries/day",
+       s.estimated_speedup AS "estimated speedup",
+       s.current_p95_ms AS "p95 ms now",
+       s.projected_p95_ms AS "p95 ms projected",
+       s.storage_mb AS "storage MB",
+       s.is_new AS "new",
+       r.analyzed_at AS "analyzed at"
+FROM fraiseql_metrics.suggestions AS s
+JOIN fraiseql_metrics.analysis_runs AS r USING (run_id)
+WHERE r.run_id = (SELECT run_id FROM fraiseql_metrics.analysis_runs
+                  WHERE $__timeFilter(analyzed_at) ORDER BY analyzed_at DESC LIMIT 1)
+ORDER BY s.rank"""
+
+# Schema changes the analyzer saw appear in the table statistics, with the suggestion they match.
+APPLIED_CHANGES_SQL = """SELECT c.applied_before AS "seen applied by",
+       c.applied_after AS "not yet at",
+       c.schema_name || '.' || c.table_name AS "table",
+       c.kind AS "kind",
+       c.object_name AS "object",
+       c.definition AS "definition",
+       coalesce(c.suggestion_id, '') AS "suggestion",
+       jsonb_array_length(c.impact) AS "patterns measured"
+FROM fraiseql_metrics.applied_changes AS c
+WHERE c.applied_before >= $__timeFrom()::timestamptz - INTERVAL '30 days'
+ORDER BY c.applied_before DESC
+LIMIT 100"""
 
 # Partitions of the metrics schema (one per UTC day: <table>_pYYYYMMDD). Sizes need no
 # privilege on the tables, so the read-only analyst sees them.
@@ -280,8 +360,11 @@ WHERE $__timeFilter(s.taken_at)
 GROUP BY 1, 2
 ORDER BY 1, 2"""
 
-REGION_VARIABLE_SQL = """SELECT DISTINCT region FROM fraiseql_metrics.rollups
-WHERE window_start > now() - INTERVAL '7 days' ORDER BY 1"""
+REGION_VARIABLE_SQL = """SELECT region FROM fraiseql_metrics.rollups_hourly
+WHERE hour_start > now() - INTERVAL '7 days'
+UNION
+SELECT region FROM fraiseql_metrics.rollups WHERE window_start > now() - INTERVAL '2 hours'
+ORDER BY 1"""
 
 # --- panels ---------------------------------------------------------------------------------------
 
@@ -429,7 +512,8 @@ def _textbox(name: str, label: str, description: str) -> dict[str, Any]:
             "skipUrlSync": False, "type": "textbox"}
 
 
-BUCKET_VARIABLE = _custom_variable("bucket", "Time bucket", ["1m", "5m", "15m", "1h", "1d"], "5m")
+def _bucket_variable(default: str) -> dict[str, Any]:
+    return _custom_variable("bucket", "Time bucket", ["1m", "5m", "15m", "1h", "1d"], default)
 TOP_VARIABLE = _custom_variable("top", "Patterns shown", ["5", "10", "20", "50"], "10")
 SEARCH_VARIABLE = _textbox("search", "Query name contains", "Case-insensitive substring of the "
                            "GraphQL operation name (empty: all)")
@@ -583,7 +667,7 @@ def query_performance() -> dict[str, Any]:
     ]
     return dashboard("fraiseql-query-performance", "FraiseQL · Query performance",
                      "p50/p95/p99 per SQL pattern and region from the metrics database.", panels,
-                     [PROMETHEUS_VARIABLE, METRICSDB_VARIABLE, REGION_VARIABLE, BUCKET_VARIABLE,
+                     [PROMETHEUS_VARIABLE, METRICSDB_VARIABLE, REGION_VARIABLE, _bucket_variable("5m"),
                       TOP_VARIABLE, SEARCH_VARIABLE])
 
 
@@ -614,7 +698,7 @@ def storage_growth() -> dict[str, Any]:
     return dashboard("fraiseql-storage-growth", "FraiseQL · Storage growth",
                      "How fast the metrics database and the observed application tables grow.",
                      panels, [PROMETHEUS_VARIABLE, METRICSDB_VARIABLE, REGION_VARIABLE,
-                              BUCKET_VARIABLE], time_from="now-14d")
+                              _bucket_variable("1h")], time_from="now-14d")
 
 
 def optimization_impact() -> dict[str, Any]:
@@ -624,16 +708,32 @@ def optimization_impact() -> dict[str, Any]:
              "FraiseqlHighPrioritySuggestions).",
              _prom_target("max(fraiseql_analysis_suggestions_high_priority)", "suggestions", "A"),
              "short", [(None, "green"), (1, "orange")], width=6, height=8),
+        stat(lay, "Last analysis", "When the scheduler last completed an analysis (0: none since "
+             "it started).", _prom_target("max(fraiseql_analysis_last_run_timestamp_seconds) * 1000",
+                                          "last run", "A"), "dateTimeFromNow", [(None, "blue")],
+             width=6, height=8),
+        stat(lay, "Next analysis", "The next tick of analysis.schedule.",
+             _prom_target("max(fraiseql_analysis_next_run_timestamp_seconds) * 1000", "next run",
+                          "A"), "dateTimeFromNow", [(None, "blue")], width=6, height=8),
+        stat(lay, "Analysis duration", "Wall-clock time of the last analysis.",
+             _prom_target("max(fraiseql_analysis_run_duration_seconds)", "duration", "A"), "s",
+             [(None, "blue")], width=6, height=8),
         prom_series(lay, "High-priority suggestions over time", "Falls when the operator applies "
                     "suggested migrations and the next analysis confirms them.", [
                         ("max(fraiseql_analysis_suggestions_high_priority)", "high priority"),
-                    ], "short", width=18),
+                    ], "short", width=24),
         table(lay, "Before / after the change", "Per pattern and region: p95 and mean before "
-              "and after $change_at (windows straddling it are left out), busiest improvement "
-              "first.", BEFORE_AFTER_SQL,
+              "and after the change (the $change_at box; empty: the last change seen applied, else "
+              "the middle of the range); windows straddling it are left out.", BEFORE_AFTER_SQL,
               {"queries/s before": "ops", "queries/s after": "ops", "p95 ms before": "ms",
                "p95 ms after": "ms", "p95 speedup": "none", "mean ms before": "ms",
                "mean ms after": "ms"}, height=12),
+        table(lay, "Schema changes seen applied", "Indexes and columns that appeared in the "
+              "application tables' statistics, and the suggestion each implements.",
+              APPLIED_CHANGES_SQL, {}, height=7),
+        table(lay, "Suggestions of the last analysis", "The newest scheduled analysis in the time "
+              "range; apply with `fraiseql-cli analyze --format sql`.", SUGGESTIONS_SQL,
+              {"queries/day": "short", "p95 ms now": "ms", "p95 ms projected": "ms"}, height=8),
         timeseries(lay, "p95 by pattern (busiest $top)", "Watch the optimized pattern drop.",
                    [_sql_target(percentile_series_sql("95"), "time_series")], "ms"),
         timeseries(lay, "Database time spent on observed queries", "Seconds of query execution "
@@ -643,7 +743,7 @@ def optimization_impact() -> dict[str, Any]:
     return dashboard("fraiseql-optimization-impact", "FraiseQL · Optimization impact",
                      "Before/after a schema change: per-pattern p95, and the analyzer's pending "
                      "high-priority suggestions.", panels,
-                     [PROMETHEUS_VARIABLE, METRICSDB_VARIABLE, REGION_VARIABLE, BUCKET_VARIABLE,
+                     [PROMETHEUS_VARIABLE, METRICSDB_VARIABLE, REGION_VARIABLE, _bucket_variable("1h"),
                       TOP_VARIABLE, SEARCH_VARIABLE, CHANGE_VARIABLE], time_from="now-7d")
 
 

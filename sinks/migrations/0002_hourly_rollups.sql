@@ -149,8 +149,8 @@ $fn$;
 -- cell two sinks create at once (the second waits on the first's insert); (2) lock the cells in a
 -- fixed order (no deadlocks between sinks); (3) recompute them in a new statement, whose snapshot
 -- includes every minute row committed before the locks were granted; (4) remove placeholders of
--- cells that turned out to have no minute rows. Sums aggregate in rollup_id order, so the result
--- does not depend on the plan: the same minute rows always give bit-identical cells.
+-- cells that turned out to have no minute rows. Sums are fed in rollup_id order (sorted subqueries
+-- with nothing but the aggregation above them), so the same minute rows give bit-identical cells.
 CREATE FUNCTION fraiseql_metrics.refresh_hourly(
     fingerprints text[], regions text[], hours timestamptz[], alphas double precision[])
 RETURNS integer
@@ -219,50 +219,9 @@ BEGIN
     ORDER BY c.n
     FOR UPDATE OF t;
 
-    WITH cells AS (
-        SELECT c.f, c.r, c.h, c.a FROM unnest(fs, rs, hs, als) AS c(f, r, h, a)
-    ),
-    minute AS MATERIALIZED (
-        SELECT c.f, c.r, c.h, c.a, m.rollup_id, m.window_start, m.event_count, m.count,
-               m.error_count, m.cache_hits, m.rows_sum, m.exec_sum_ms, m.exec_min_ms,
-               m.exec_max_ms, m.sql_generation_sum_ms, m.db_round_trip_sum_ms,
-               m.projection_sum_ms, m.sketch_keys, m.sketch_weights
-        FROM cells AS c
-        JOIN fraiseql_metrics.rollups AS m
-          ON m.fingerprint = c.f AND m.region = c.r AND m.sketch_alpha = c.a
-         AND m.window_start >= c.h AND m.window_start < c.h + interval '1 hour'
-         AND m.window_end <= c.h + interval '1 hour'
-    ),
-    totals AS (
-        SELECT f, r, h, a,
-               count(*) AS windows,
-               sum(event_count) AS event_count,
-               sum(count ORDER BY rollup_id, window_start) AS count,
-               sum(error_count ORDER BY rollup_id, window_start) AS error_count,
-               sum(cache_hits ORDER BY rollup_id, window_start) AS cache_hits,
-               sum(rows_sum ORDER BY rollup_id, window_start) AS rows_sum,
-               sum(exec_sum_ms ORDER BY rollup_id, window_start) AS exec_sum_ms,
-               min(exec_min_ms) AS exec_min_ms,
-               max(exec_max_ms) AS exec_max_ms,
-               sum(sql_generation_sum_ms ORDER BY rollup_id, window_start) AS sql_generation_sum_ms,
-               sum(db_round_trip_sum_ms ORDER BY rollup_id, window_start) AS db_round_trip_sum_ms,
-               sum(projection_sum_ms ORDER BY rollup_id, window_start) AS projection_sum_ms
-        FROM minute
-        GROUP BY f, r, h, a
-    ),
-    buckets AS (
-        SELECT m.f, m.r, m.h, m.a, b.key,
-               sum(b.weight ORDER BY m.rollup_id, m.window_start) AS weight
-        FROM minute AS m
-        CROSS JOIN LATERAL unnest(m.sketch_keys, m.sketch_weights) AS b(key, weight)
-        GROUP BY m.f, m.r, m.h, m.a, b.key
-    ),
-    sketches AS (
-        SELECT f, r, h, a, array_agg(key ORDER BY key) AS keys,
-               array_agg(weight ORDER BY key) AS weights
-        FROM buckets
-        GROUP BY f, r, h, a
-    )
+    -- One cell at a time (LATERAL): each is an index range scan of its minute rows, whatever the
+    -- planner believes about the size of the batch (a hash or merge plan over whole partitions,
+    -- or an aggregate re-run per cell, is what misestimates produce otherwise).
     UPDATE fraiseql_metrics.rollups_hourly AS t
     SET windows = x.windows,
         event_count = x.event_count,
@@ -276,12 +235,55 @@ BEGIN
         sql_generation_sum_ms = x.sql_generation_sum_ms,
         db_round_trip_sum_ms = x.db_round_trip_sum_ms,
         projection_sum_ms = x.projection_sum_ms,
-        sketch_keys = coalesce(s.keys, '{}'),
-        sketch_weights = coalesce(s.weights, '{}'),
+        sketch_keys = coalesce(x.keys, '{}'),
+        sketch_weights = coalesce(x.weights, '{}'),
         refreshed_at = now()
-    FROM totals AS x
-    LEFT JOIN sketches AS s USING (f, r, h, a)
-    WHERE t.fingerprint = x.f AND t.region = x.r AND t.hour_start = x.h AND t.sketch_alpha = x.a;
+    FROM (
+        SELECT c.f, c.r, c.h, c.a, tot.*, sk.*
+        FROM unnest(fs, rs, hs, als) AS c(f, r, h, a)
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS windows,
+                   sum(m.event_count) AS event_count,
+                   sum(m.count) AS count,
+                   sum(m.error_count) AS error_count,
+                   sum(m.cache_hits) AS cache_hits,
+                   sum(m.rows_sum) AS rows_sum,
+                   sum(m.exec_sum_ms) AS exec_sum_ms,
+                   min(m.exec_min_ms) AS exec_min_ms,
+                   max(m.exec_max_ms) AS exec_max_ms,
+                   sum(m.sql_generation_sum_ms) AS sql_generation_sum_ms,
+                   sum(m.db_round_trip_sum_ms) AS db_round_trip_sum_ms,
+                   sum(m.projection_sum_ms) AS projection_sum_ms
+            -- Sorted input, one aggregation level above it: the sums add in rollup_id order
+            -- (one sort per cell instead of one per sum).
+            FROM (SELECT * FROM fraiseql_metrics.rollups AS r
+                  WHERE r.fingerprint = c.f AND r.region = c.r AND r.sketch_alpha = c.a
+                    AND r.window_start >= c.h AND r.window_start < c.h + interval '1 hour'
+                    AND r.window_end <= c.h + interval '1 hour'
+                  ORDER BY r.rollup_id, r.window_start) AS m
+        ) AS tot
+        CROSS JOIN LATERAL (
+            SELECT array_agg(q.key ORDER BY q.key) AS keys,
+                   array_agg(q.weight ORDER BY q.key) AS weights
+            FROM (
+                SELECT u.key, sum(u.weight) AS weight
+                -- unnest() in the select list (one ProjectSet node) costs a fraction of a
+                -- LATERAL function scan per minute row; equal-length arrays zip pairwise.
+                FROM (SELECT e.key, e.weight
+                      FROM (SELECT r.rollup_id, r.window_start,
+                                   unnest(r.sketch_keys) AS key, unnest(r.sketch_weights) AS weight
+                            FROM fraiseql_metrics.rollups AS r
+                            WHERE r.fingerprint = c.f AND r.region = c.r AND r.sketch_alpha = c.a
+                              AND r.window_start >= c.h
+                              AND r.window_start < c.h + interval '1 hour'
+                              AND r.window_end <= c.h + interval '1 hour') AS e
+                      ORDER BY e.key, e.rollup_id, e.window_start) AS u
+                GROUP BY u.key
+            ) AS q
+        ) AS sk
+    ) AS x
+    WHERE t.fingerprint = x.f AND t.region = x.r AND t.hour_start = x.h AND t.sketch_alpha = x.a
+      AND x.windows > 0;
     GET DIAGNOSTICS refreshed = ROW_COUNT;
 
     DELETE FROM fraiseql_metrics.rollups_hourly AS t

@@ -59,6 +59,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
 RANGES: list[tuple[str, float | None, bool, float | None, bool, bool]] = [
     ("sample_rate", 0, True, 1, True, False),
     ("retention_days", 1, True, 3650, True, True),
+    ("minute_retention_days", 1, True, 3650, True, True),
     ("metrics.buffer_size", 1, True, 10_000_000, True, True),
     ("metrics.flush_interval_secs", 0, False, 86400, True, False),
     ("metrics.batch_size", 1, True, 1_000_000, True, True),
