@@ -6,6 +6,7 @@ Workers create missing topics themselves (SPEC §5a); creating an existing topic
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -80,3 +81,26 @@ def ensure_topics(
             if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise
+    _wait_until_listed(admin, [t.topic for t in wanted], timeout)
+
+
+def _wait_until_listed(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Return once the broker's metadata lists every topic with a leader for each partition.
+
+    A consumer that subscribes before that sees "unknown topic" and only looks again at its next
+    metadata refresh (five minutes by default): its partitions would sit unassigned until then.
+    """
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+        pending = {
+            name for name in pending
+            if name not in topics or topics[name].error is not None
+            or not topics[name].partitions
+            or any(p.leader < 0 for p in topics[name].partitions.values())
+        }
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        raise KafkaUnavailable(f"topics not visible after creation: {', '.join(sorted(pending))}")
