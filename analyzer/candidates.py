@@ -15,17 +15,26 @@ Generation (from SQL shapes and table statistics, no latencies needed):
   serves no pattern of the workload, and whose scan counter barely moved (< 10 scans per 30 days,
   scaled to the window; 0 since the last statistics reset when the window holds one snapshot).
 
+Selectivity (``min_selectivity``): the fraction of a table's rows an index lets a query skip,
+1 − rows read through the index / table rows; an ``add_index`` is not credited with the patterns
+it would leave reading most of the table.
+
 Never suggested: an index an existing one already provides (same keys as a prefix), a pattern's
 index when an existing index already serves it at least as well, a column that exists.
 
-Evaluation: per (candidate, pattern) a database cost ratio — the cost model, or HypoPG's planner
-costs corrected with the observed rows (:mod:`analyzer.hypo`) — turned into a latency by
-:func:`analyzer.costmodel.project_latency`. A candidate's speedup is time-weighted over its
-patterns (total time before / total time after), so a frequent fast pattern cannot hide a slow
-one. Then filters (min_frequency on queries/day, min_speedup, min_selectivity per pattern) and
-redundancy: a candidate whose every pattern is served at least as well (90 %) by a better-ranked
-candidate touching the same key (a composite index over its prefix, a materialized view over a
-denormalization) is dropped.
+Evaluation: per (candidate, pattern) a database work ratio — the calibrated cost model, or HypoPG's
+planner costs corrected with the observed rows (:mod:`analyzer.hypo`) — turned into a projected
+mean and p95 by :func:`analyzer.costmodel.project`. A candidate's estimated speedup is the p95 of
+all its patterns' executions together before / after (each pattern's values divided by its own
+speedup), so a frequent fast pattern cannot hide a slow one; its time saved per day (the ranking)
+sums queries/day × (mean before − mean after). Then filters (min_frequency on queries/day,
+min_speedup, min_selectivity per pattern) and redundancy: a candidate whose every pattern is
+served at least as well (90 %) by a better-ranked candidate touching the same key (a composite
+index over its prefix, a materialized view over a denormalization) is dropped.
+
+Expressions PostgreSQL cannot index — text cast to ``date``/``timestamp``/``timestamptz`` is not
+immutable — end an index's key list, and become a ``denormalize`` candidate instead: a typed
+column filled by a trigger can be indexed (once the API filters on the column).
 """
 
 from __future__ import annotations
@@ -38,9 +47,8 @@ from typing import Any, Final
 from pglast import ast
 
 from . import costmodel as cm
-from .evidence import IndexStat, PatternEvidence, Sketch, TableSnapshot
+from .evidence import IndexStat, PatternEvidence, Sketch, TableSnapshot, merged_quantile
 from .hypo import HypoValidator, PlanSummary, corrected_costs, explainable
-from .sqlgen import render
 from .sqlshape import IndexDefinition, KeyExpr, QueryShape, Relation, Usage
 
 __all__ = [
@@ -48,7 +56,9 @@ __all__ = [
     "Candidate",
     "PatternContext",
     "TableContext",
+    "apply_filters",
     "evaluate_candidates",
+    "finalize",
     "find_drop_candidates",
     "generate_candidates",
     "remove_redundant",
@@ -68,7 +78,7 @@ HYPOPG_SANITY_CAP: Final = 100_000.0
 _NOT_SERVED = {Usage.PROJECTION, Usage.JOIN}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class TableContext:
     """An application table as the analyzer knows it."""
 
@@ -106,7 +116,7 @@ class TableContext:
         return out
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PatternContext:
     evidence: PatternEvidence
     shape: QueryShape
@@ -121,13 +131,17 @@ class PatternContext:
                 if u.relation is not None and self.tables.get(u.relation) is table]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Benefit:
+    """What one candidate would do for one pattern."""
+
     pattern: PatternContext
     fit: cm.IndexFit | None
-    ratio: float = 1.0
-    after_ms: float = 0.0
-    speedup: float = 1.0
+    ratio: float = 1.0  # database work above the floor, before / after
+    after_ms: float = 0.0  # projected mean
+    p95_ms: float | None = None  # observed
+    p95_after_ms: float | None = None  # projected
+    speedup: float = 1.0  # p95 before / after (mean before / after when no p95 is known)
     method: str = "model"
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -140,7 +154,7 @@ class Benefit:
         return self.evidence.queries_per_day * max(0.0, self.evidence.mean_ms - self.after_ms)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Candidate:
     kind: str  # add_index | denormalize | materialize_view | drop_index
     table: TableContext
@@ -149,12 +163,17 @@ class Candidate:
     opclass: str | None = None
     new_column: str | None = None
     new_type: str | None = None
+    # denormalize: the expression whose values the new column holds, as filters and sorts use it
+    # (cast to the column's type); the index on the column serves them like an index on it.
+    filter_key: KeyExpr | None = None
     pattern: PatternContext | None = None  # materialize_view
     drop: IndexStat | None = None  # drop_index
     benefits: list[Benefit] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=lambda: {"method": "model"})
     storage_mb: float = 0.0
     notes: list[str] = field(default_factory=list)
+    current_p95_ms: float | None = None  # of all its patterns' executions together
+    projected_p95_ms: float | None = None
 
     @property
     def identity(self) -> tuple[Any, ...]:
@@ -170,6 +189,9 @@ class Candidate:
 
     @property
     def speedup(self) -> float:
+        """p95 of its patterns together before / after (time-weighted means without sketches)."""
+        if self.current_p95_ms and self.projected_p95_ms:
+            return self.current_p95_ms / self.projected_p95_ms
         before = math.fsum(b.evidence.queries_per_day * b.evidence.mean_ms for b in self.benefits)
         after = math.fsum(b.evidence.queries_per_day * b.after_ms for b in self.benefits)
         if before <= 0 or after <= 0:
@@ -221,43 +243,47 @@ def _stats_map(snapshot: TableSnapshot | None) -> dict[KeyExpr, tuple[float | No
 
 
 def resolve_tables(patterns: Iterable[tuple[PatternEvidence, QueryShape]],
-                   snapshots: Sequence[TableSnapshot]) -> list[PatternContext]:
-    """Attach each relation a pattern reads to its table statistics (one context per table)."""
+                   snapshots: Sequence[TableSnapshot]
+                   ) -> tuple[list[PatternContext], list[TableContext]]:
+    """Attach each relation a pattern reads to its table (one context per table).
+
+    Returns the patterns' contexts and every table known: all tables with statistics (an unused
+    index matters even on a table the workload never reads) and the tables patterns read that
+    have none (their size estimated from the patterns' latency).
+    """
     contexts: dict[Relation, TableContext] = {}
     by_name: dict[str, list[TableSnapshot]] = {}
     for snapshot in snapshots:
         by_name.setdefault(snapshot.table_name, []).append(snapshot)
+        resolved = Relation(snapshot.schema_name, snapshot.table_name)
+        contexts[resolved] = TableContext(
+            resolved, snapshot, snapshot.row_estimate if snapshot.row_estimate > 0 else 1.0,
+            "statistics" if snapshot.row_estimate > 0 else "statistics (empty table)",
+            _stats_map(snapshot),
+            tuple(i.parsed for i in snapshot.indexes if i.parsed is not None))
 
     def table_for(relation: Relation, evidence: PatternEvidence) -> TableContext:
         candidates = [s for s in by_name.get(relation.name, [])
                       if relation.schema is None or s.schema_name == relation.schema]
-        snapshot = None
         if candidates:
+            # An unqualified name resolves like a default search_path would: public first.
             candidates.sort(key=lambda s: (s.schema_name != "public", s.schema_name))
-            snapshot = candidates[0]
-        schema = snapshot.schema_name if snapshot else (relation.schema or "public")
-        resolved = Relation(schema, relation.name)
+            return contexts[Relation(candidates[0].schema_name, candidates[0].table_name)]
+        resolved = Relation(relation.schema or "public", relation.name)
+        estimate = max(1.0, evidence.mean_db_ms * SEQ_SCAN_ROWS_PER_MS)
         context = contexts.get(resolved)
         if context is None:
-            if snapshot is not None and snapshot.row_estimate > 0:
-                rows, source = snapshot.row_estimate, "statistics"
-            else:
-                rows = max(1.0, evidence.mean_db_ms * SEQ_SCAN_ROWS_PER_MS)
-                source = "estimated from latency"
-            existing = tuple(i.parsed for i in (snapshot.indexes if snapshot else ())
-                             if i.parsed is not None)
-            context = TableContext(resolved, snapshot, rows, source, _stats_map(snapshot),
-                                   existing)
+            context = TableContext(resolved, None, estimate, "estimated from latency", {}, ())
             contexts[resolved] = context
-        elif context.rows_source != "statistics":
-            context.rows = max(context.rows, evidence.mean_db_ms * SEQ_SCAN_ROWS_PER_MS)
+        else:
+            context.rows = max(context.rows, estimate)
         return context
 
     out = []
     for evidence, shape in patterns:
         tables = {relation: table_for(relation, evidence) for relation in shape.relations}
         out.append(PatternContext(evidence, shape, tables))
-    return out
+    return out, list(contexts.values())
 
 
 # --- generation -------------------------------------------------------------------------------
@@ -290,7 +316,13 @@ def _ideal_keys(uses: Sequence[Any], table: TableContext) -> tuple[KeyExpr, ...]
         keys += sort_rest[:2]
     elif ranges:
         keys.append(ranges[0])
-    return tuple(keys)
+    # An expression PostgreSQL cannot index ends the key list (a typed column serves it instead).
+    indexable: list[KeyExpr] = []
+    for key in keys:
+        if not key.indexable:
+            break
+        indexable.append(key)
+    return tuple(indexable)
 
 
 def _best_existing_fit(table: TableContext, uses: Sequence[Any], pattern: PatternContext
@@ -322,7 +354,7 @@ def _exists(table: TableContext, keys: Sequence[KeyExpr], method: str) -> bool:
 def _infer_type(key: KeyExpr, uses: Iterable[Any], table: TableContext) -> str:
     casts = [u.key.cast for u in uses if u.key.uncast() == key and u.key.cast]
     if casts:
-        return max(set(casts), key=casts.count)
+        return str(max(set(casts), key=casts.count))
     stat = table.snapshot.column_stat(key) if table.snapshot else None
     if stat is not None:
         declared = stat.data_type.lower().strip()
@@ -387,12 +419,24 @@ def generate_candidates(patterns: Sequence[PatternContext]) -> list[Candidate]:
                     new_type = _infer_type(key, uses, table)
                     add(Candidate("denormalize", table, (key,), new_column=_column_name(key, table),
                                   new_type=new_type))
+                elif (use.usage in (Usage.EQUALITY, Usage.RANGE, Usage.SORT) and not use.in_or
+                      and not use.key.indexable):
+                    # (data->>'created_at')::timestamptz cannot be indexed: a typed column can.
+                    key = use.key.uncast()
+                    column = _column_name(key, table)
+                    if column not in (table.snapshot.plain_columns() if table.snapshot else ()):
+                        add(Candidate("denormalize", table, (key,), new_column=column,
+                                      new_type=use.key.cast, filter_key=use.key))
         if _mv_eligible(pattern):
             first = next(iter(pattern.tables.values()))
             add(Candidate("materialize_view", first, pattern=pattern))
     candidates = list(found.values())
+    by_table: dict[int, list[PatternContext]] = {}
+    for pattern in patterns:
+        for table in dict.fromkeys(pattern.tables.values()):
+            by_table.setdefault(id(table), []).append(pattern)
     for candidate in candidates:
-        _attach_patterns(candidate, patterns)
+        _attach_patterns(candidate, by_table.get(id(candidate.table), []))
     return [c for c in candidates if c.benefits]
 
 
@@ -412,8 +456,12 @@ def _attach_patterns(candidate: Candidate, patterns: Sequence[PatternContext]) -
         uses = pattern.uses_on(candidate.table)
         if candidate.kind == "denormalize":
             key = candidate.keys[0]
-            if any(u.key.uncast() == key and u.usage in (Usage.GROUP, Usage.AGGREGATE)
-                   for u in uses):
+            if candidate.filter_key is not None:
+                column_fit = _fit((candidate.filter_key,), uses, pattern, candidate.table)
+                if column_fit is not None:
+                    candidate.benefits.append(Benefit(pattern, column_fit))
+            elif any(u.key.uncast() == key and u.usage in (Usage.GROUP, Usage.AGGREGATE)
+                     for u in uses):
                 candidate.benefits.append(Benefit(pattern, None))
         elif candidate.method == "gin":
             if any(u.usage == Usage.CONTAINMENT and u.key == candidate.keys[0] for u in uses):
@@ -424,13 +472,13 @@ def _attach_patterns(candidate: Candidate, patterns: Sequence[PatternContext]) -
                                   candidate.table.rows)
                 candidate.benefits.append(Benefit(pattern, fit))
         else:
-            fit = _fit(candidate.keys, uses, pattern, candidate.table)
-            if fit is None:
+            index_fit = _fit(candidate.keys, uses, pattern, candidate.table)
+            if index_fit is None:
                 continue
             existing = _best_existing_fit(candidate.table, uses, pattern)
-            if existing is not None and existing.at_least_as_good_as(fit):
+            if existing is not None and existing.at_least_as_good_as(index_fit):
                 continue
-            candidate.benefits.append(Benefit(pattern, fit))
+            candidate.benefits.append(Benefit(pattern, index_fit))
 
 
 # --- drop_index ---------------------------------------------------------------------------------
@@ -513,45 +561,60 @@ def _serves_workload(table: TableContext, index: IndexDefinition,
 
 
 def _cap(candidate: Candidate) -> float:
-    return cm.AGGREGATE_CAP if candidate.kind in ("denormalize", "materialize_view") \
-        else cm.FILTER_CAP
+    aggregate = candidate.kind == "materialize_view" or (
+        candidate.kind == "denormalize" and candidate.filter_key is None)
+    return cm.AGGREGATE_CAP if aggregate else cm.FILTER_CAP
 
 
-def _apply(benefit: Benefit, ratio: float, floor_ms: float, cap: float | None) -> None:
+def _apply(benefit: Benefit, ratio: float, floor: cm.Floor, cap: float | None) -> None:
     evidence = benefit.evidence
-    after = cm.project_latency(evidence.mean_ms, evidence.mean_db_ms, ratio, floor_ms)
-    speedup = evidence.mean_ms / after if after > 0 else 1.0
+    mean_after, p95_after = cm.project(evidence.mean_ms, evidence.mean_db_ms, benefit.p95_ms,
+                                       ratio, floor)
+    if benefit.p95_ms and p95_after:
+        speedup = benefit.p95_ms / p95_after
+    else:
+        speedup = evidence.mean_ms / mean_after if mean_after > 0 else 1.0
     if cap is not None and speedup > cap:
+        # The model's caps: no claim beyond 100× (filters) or 50× (aggregates).
         speedup = cap
-        after = evidence.mean_ms / cap
+        mean_after = max(mean_after, evidence.mean_ms / cap)
+        if benefit.p95_ms:
+            p95_after = benefit.p95_ms / cap
     benefit.ratio = ratio
-    benefit.after_ms = after
+    benefit.after_ms = mean_after
+    benefit.p95_after_ms = p95_after
     benefit.speedup = speedup
 
 
-def _model(candidate: Candidate, benefit: Benefit, floor_ms: float) -> None:
+def _model(candidate: Candidate, benefit: Benefit, floor: cm.Floor) -> None:
     table = candidate.table
     uses = benefit.pattern.uses_on(table)
-    if candidate.kind == "denormalize":
-        before, after = cm.model_aggregate_costs(table.rows, max(1, _json_exprs(uses)),
-                                                 removed_json=1)
+    json_exprs = _json_exprs(uses)
+    json_ms = cm.calibrated_json_ms(benefit.evidence.mean_db_ms, floor, table.rows, json_exprs)
+    if candidate.kind == "denormalize" and benefit.fit is not None:
+        # A filter or sort served by an index on the new column (once the query reads it).
+        before, after = cm.model_index_costs(benefit.fit, uses, json_ms=json_ms)
+    elif candidate.kind == "denormalize":
+        before, after = cm.model_aggregate_costs(table.rows, max(1, json_exprs), removed_json=1,
+                                                 json_ms=json_ms)
     elif candidate.kind == "materialize_view":
-        before, after = cm.model_aggregate_costs(table.rows, max(1, _json_exprs(uses)),
-                                                 removed_json=0,
-                                                 output_rows=benefit.evidence.mean_rows)
+        before, after = cm.model_aggregate_costs(table.rows, max(1, json_exprs), removed_json=0,
+                                                 output_rows=benefit.evidence.mean_rows,
+                                                 json_ms=json_ms)
     elif candidate.method == "gin":
         assert benefit.fit is not None
-        before = table.rows * cm.JSONB_EXTRACT_MS_PER_ROW
+        before = table.rows * max(json_ms, cm.COLUMN_MS_PER_ROW)
         after = (cm.INDEX_LOOKUP_MS * math.log2(max(table.rows, 2.0))
                  + benefit.fit.visited_rows * cm.COLUMN_MS_PER_ROW)
     else:
         assert benefit.fit is not None
-        before, after = cm.model_index_costs(benefit.fit, uses)
+        before, after = cm.model_index_costs(benefit.fit, uses, json_ms=json_ms)
     ratio = before / after if after > 0 else 1.0
     benefit.method = "model"
     benefit.details = {"model_cost_before_ms": round(before, 4),
-                       "model_cost_after_ms": round(after, 6)}
-    _apply(benefit, ratio, floor_ms, _cap(candidate))
+                       "model_cost_after_ms": round(after, 6),
+                       "jsonb_ms_per_row": round(json_ms, 8)}
+    _apply(benefit, ratio, floor, _cap(candidate))
 
 
 def _create_index(candidate: Candidate) -> Any:
@@ -562,7 +625,7 @@ def _create_index(candidate: Candidate) -> Any:
         sql.Identifier(candidate.table.schema, candidate.table.name), elements)
 
 
-def _hypopg(candidate: Candidate, validator: HypoValidator, floor_ms: float,
+def _hypopg(candidate: Candidate, validator: HypoValidator, floor: cm.Floor,
             before_plans: dict[str, PlanSummary | str]) -> None:
     for benefit in candidate.benefits:
         fingerprint = benefit.pattern.fingerprint
@@ -575,7 +638,7 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor_ms: float,
         if isinstance(index, str):
             candidate.notes.append(index)
             for benefit in candidate.benefits:
-                _model(candidate, benefit, floor_ms)
+                _model(candidate, benefit, floor)
             candidate.validation = {"method": "model", "hypopg_error": index}
             return
         size_mb = index.size_bytes / 2**20
@@ -583,7 +646,7 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor_ms: float,
             before = before_plans[benefit.pattern.fingerprint]
             after = validator.plan(benefit.pattern.shape)
             if isinstance(before, str) or isinstance(after, str):
-                _model(candidate, benefit, floor_ms)
+                _model(candidate, benefit, floor)
                 benefit.details["hypopg_skipped"] = before if isinstance(before, str) else after
                 kept.append(benefit)
                 continue
@@ -604,7 +667,7 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor_ms: float,
                 "visited_rows": round(benefit.fit.visited_rows, 2),
                 "index_used": True,
             }
-            _apply(benefit, ratio, floor_ms, None)
+            _apply(benefit, ratio, floor, None)
             kept.append(benefit)
     candidate.benefits = kept
     if unused:
@@ -632,9 +695,9 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor_ms: float,
 
 def _model_storage(candidate: Candidate) -> float:
     table = candidate.table
-    if candidate.kind == "materialize_view":
+    if candidate.kind == "materialize_view" and candidate.pattern is not None:
         rows = max((b.evidence.mean_rows for b in candidate.benefits), default=1.0)
-        width = sum(table.width(u.key) for u in candidate.pattern.shape.uses  # type: ignore[union-attr]
+        width = sum(table.width(u.key) for u in candidate.pattern.shape.uses
                     if u.usage in (Usage.GROUP, Usage.AGGREGATE)) or 16
         return cm.storage_mb(rows, width + 8)
     if candidate.method == "gin":
@@ -642,10 +705,18 @@ def _model_storage(candidate: Candidate) -> float:
     return cm.storage_mb(table.rows, sum(table.width(k) for k in candidate.keys))
 
 
+def finalize(candidate: Candidate, sketches: dict[str, Sketch]) -> None:
+    """The candidate's p95 over all its patterns' executions, before and after."""
+    parts = [(sketches[b.pattern.fingerprint], b.speedup) for b in candidate.benefits
+             if b.pattern.fingerprint in sketches]
+    candidate.current_p95_ms = merged_quantile([(sk, 1.0) for sk, _ in parts], 0.95)
+    candidate.projected_p95_ms = merged_quantile(parts, 0.95)
+
+
 def evaluate_candidates(
     candidates: Sequence[Candidate],
     *,
-    floor_ms: float,
+    floor: cm.Floor,
     sketches: dict[str, Sketch],
     validator: HypoValidator | None = None,
 ) -> list[Candidate]:
@@ -653,11 +724,12 @@ def evaluate_candidates(
     before_plans: dict[str, PlanSummary | str] = {}
     out: list[Candidate] = []
     for candidate in candidates:
+        for benefit in candidate.benefits:
+            sketch = sketches.get(benefit.pattern.fingerprint)
+            benefit.p95_ms = sketch.quantile(0.95) if sketch else None
         if candidate.kind == "materialize_view":
             benefit = candidate.benefits[0]
-            sketch = sketches.get(benefit.pattern.fingerprint)
-            p95 = sketch.quantile(0.95) if sketch else None
-            if p95 is None or p95 <= MV_MIN_P95_MS or \
+            if benefit.p95_ms is None or benefit.p95_ms <= MV_MIN_P95_MS or \
                     benefit.evidence.queries_per_day <= MV_MIN_PER_DAY:
                 continue
         candidate.storage_mb = _model_storage(candidate)
@@ -665,10 +737,10 @@ def evaluate_candidates(
                        and candidate.method == "btree")
         if hypopg_able:
             assert validator is not None
-            _hypopg(candidate, validator, floor_ms, before_plans)
+            _hypopg(candidate, validator, floor, before_plans)
         else:
             for benefit in candidate.benefits:
-                _model(candidate, benefit, floor_ms)
+                _model(candidate, benefit, floor)
             candidate.validation = {"method": "model"}
             if validator is not None:
                 candidate.validation["hypopg_not_applicable"] = (
@@ -676,20 +748,24 @@ def evaluate_candidates(
                     else "HypoPG cannot create hypothetical columns or views")
         candidate.benefits = [b for b in candidate.benefits if b.speedup >= MIN_GAIN]
         if candidate.benefits:
+            finalize(candidate, sketches)
             out.append(candidate)
     return out
 
 
 def apply_filters(candidates: Sequence[Candidate], *, min_frequency: float, min_speedup: float,
-                  min_selectivity: float) -> list[Candidate]:
+                  min_selectivity: float, sketches: dict[str, Sketch]) -> list[Candidate]:
     out = []
     for candidate in candidates:
         if candidate.kind == "drop_index":
             out.append(candidate)
             continue
         if candidate.kind == "add_index":
-            candidate.benefits = [b for b in candidate.benefits
-                                  if b.fit is None or b.fit.selectivity >= min_selectivity]
+            kept = [b for b in candidate.benefits
+                    if b.fit is None or b.fit.selectivity >= min_selectivity]
+            if len(kept) != len(candidate.benefits):
+                candidate.benefits = kept
+                finalize(candidate, sketches)
         if not candidate.benefits:
             continue
         if candidate.queries_per_day < min_frequency or candidate.speedup < min_speedup:
@@ -700,7 +776,8 @@ def apply_filters(candidates: Sequence[Candidate], *, min_frequency: float, min_
 
 def remove_redundant(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Drop candidates every pattern of which a better-ranked one on the same key serves as well."""
-    ranked = sorted(candidates, key=lambda c: -c.time_saved_ms_per_day)
+    # Ties (the model caps speedups) go to the change that costs less storage.
+    ranked = sorted(candidates, key=lambda c: (-c.time_saved_ms_per_day, c.storage_mb))
     kept: list[Candidate] = []
     for candidate in ranked:
         if candidate.kind == "drop_index":
@@ -728,4 +805,4 @@ def remove_redundant(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 
 def describe_keys(keys: Sequence[KeyExpr]) -> str:
-    return ", ".join(render(k.composable()) for k in keys)
+    return ", ".join(k.display() for k in keys)

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from fraiseql_observability.sketch import bucket_value, quantile_from_buckets
 
+from .cache import split_window
 from .sqlshape import IndexDefinition, KeyExpr, parse_index_definition, parse_query_shape
 from .stats import closed_rollups_query, merge_sketches
 
@@ -47,6 +48,7 @@ __all__ = [
     "load_pattern_totals",
     "load_sketches",
     "load_table_snapshots",
+    "merged_quantile",
     "parse_key_expression",
 ]
 
@@ -217,6 +219,31 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def merged_quantile(parts: Sequence[tuple[Sketch, float]], q: float) -> float | None:
+    """Quantile of several sketches' executions together, each value divided by its scale.
+
+    Scale 1 everywhere: the merged sketch's quantile, bucket-wise (the :mod:`analyzer.stats`
+    rule). Other scales: a projection ("these patterns, each sped up by its factor").
+    """
+    parts = [(s, scale) for s, scale in parts if s.keys]
+    if not parts:
+        return None
+    if all(scale == 1.0 for _, scale in parts):
+        alpha, keys, weights = merge_sketches([(s.alpha, s.keys, s.weights) for s, _ in parts])
+        return quantile_from_buckets(keys, weights, q, alpha)
+    points = sorted((value / scale, weight) for sketch, scale in parts
+                    for value, weight in sketch.points())
+    total = math.fsum(w for _, w in points)
+    if total <= 0:
+        return None
+    running = 0.0
+    for value, weight in points:
+        running += weight
+        if running >= q * total:
+            return value
+    return points[-1][0]
+
+
 # --- patterns -------------------------------------------------------------------------------------
 
 
@@ -275,8 +302,8 @@ def load_pattern_totals(conn: Conn, start: datetime, end: datetime) -> WorkloadE
     observed_end: datetime | None = None
     if catalogue:
         observed_start = max(start, min(c[2] for c in catalogue.values()))
-        # last_seen is a window start: the window it opens ends a minute or so later.
-        observed_end = min(end, max(c[3] for c in catalogue.values()) + MIN_COVERAGE)
+        # The catalogue's first_seen is the earliest window start, last_seen the latest end.
+        observed_end = min(end, max(c[3] for c in catalogue.values()))
         if observed_end <= observed_start:
             observed_end = observed_start + MIN_COVERAGE
     elif sums:
@@ -293,23 +320,48 @@ def load_pattern_totals(conn: Conn, start: datetime, end: datetime) -> WorkloadE
     return WorkloadEvidence(start, end, observed_start, observed_end, patterns)
 
 
-def load_sketches(conn: Conn, start: datetime, end: datetime,
-                  fingerprints: Iterable[str]) -> dict[str, Sketch]:
-    """The merged execution-time sketch of each pattern over ``[start, end)``, all regions."""
+_CACHED_SKETCHES: Final = """
+WITH buckets AS (
+    SELECT c.fingerprint, c.sketch_alpha AS alpha, b.key, sum(b.weight) AS weight
+    FROM fraiseql_metrics.analysis_daily_sketches AS c
+    CROSS JOIN LATERAL unnest(c.sketch_keys, c.sketch_weights) AS b(key, weight)
+    WHERE c.day = ANY(%(days)s) AND c.fingerprint = ANY(%(fingerprints)s)
+    GROUP BY c.fingerprint, c.sketch_alpha, b.key
+)
+SELECT fingerprint, alpha, array_agg(key ORDER BY key), array_agg(weight ORDER BY key)
+FROM buckets
+GROUP BY fingerprint, alpha
+"""
+
+
+def load_sketches(conn: Conn, start: datetime, end: datetime, fingerprints: Iterable[str], *,
+                  use_cache: bool = True) -> dict[str, Sketch]:
+    """The merged execution-time sketch of each pattern over ``[start, end)``, all regions.
+
+    Whole UTC days the scheduler cached (:mod:`analyzer.cache`) and whose rollups have not
+    changed since are read as one merged sketch per pattern and day; the rest of the window is
+    merged from the rollups. Either way the result is the bucket-wise merge of the same sketches.
+    """
     wanted = sorted(set(fingerprints))
     if not wanted:
         return {}
-    closed, params = closed_rollups_query(_utc(start), _utc(end))
-    rows = conn.execute(sql.SQL(_SKETCHES).format(closed=closed),
-                        {**params, "fingerprints": wanted}).fetchall()
+    start, end = _utc(start), _utc(end)
+    days, ranges = split_window(conn, start, end) if use_cache else ([], [(start, end)])
+    rows: list[tuple[Any, ...]] = []
+    for range_start, range_end in ranges:
+        closed, params = closed_rollups_query(range_start, range_end)
+        rows += conn.execute(sql.SQL(_SKETCHES).format(closed=closed),
+                             {**params, "fingerprints": wanted}).fetchall()
+    if days:
+        rows += conn.execute(_CACHED_SKETCHES, {"days": days, "fingerprints": wanted}).fetchall()
     parts: dict[str, list[tuple[float, Sequence[int], Sequence[float]]]] = {}
     for fingerprint, alpha, keys, weights in rows:
         parts.setdefault(str(fingerprint), []).append((float(alpha), keys, weights))
     out: dict[str, Sketch] = {}
     for fingerprint, group in parts.items():
-        alpha, keys, weights = merge_sketches(group)
-        out[fingerprint] = Sketch(alpha, tuple(int(k) for k in keys),
-                                  tuple(float(w) for w in weights))
+        alpha, keys_out, weights_out = merge_sketches(group)  # bucket weights add up
+        out[fingerprint] = Sketch(alpha, tuple(int(k) for k in keys_out),
+                                  tuple(float(w) for w in weights_out))
     return out
 
 
@@ -318,8 +370,9 @@ def load_sketches(conn: Conn, start: datetime, end: datetime,
 
 def parse_key_expression(expression: str) -> KeyExpr | None:
     """A column-statistics ``expression`` (``data->>'region'``, ``status``) as a key, or None."""
+    # Only parsed (by pglast), never executed: a hostile expression yields None or a harmless key.
     try:
-        shape = parse_query_shape(f"SELECT {expression} FROM fraiseql_stats_table")
+        shape = parse_query_shape("SELECT " + expression + " FROM t")  # noqa: S608
     except Exception:
         return None
     uses = [u for u in shape.uses if u.relation is not None]
@@ -379,18 +432,17 @@ def _indexes(raw: Any) -> tuple[IndexStat, ...]:
     return tuple(out)
 
 
-_SNAPSHOT_COLUMNS: Final = """source, region, schema_name, table_name, relkind, taken_at,
-    row_estimate, total_bytes, seq_scans, columns, indexes"""
-
 # The newest snapshot of each table as of the window's end, and the earliest inside the window.
-_LATEST: Final = f"""
-SELECT DISTINCT ON (schema_name, table_name) {_SNAPSHOT_COLUMNS}
+_LATEST: Final = """
+SELECT DISTINCT ON (schema_name, table_name) source, region, schema_name, table_name, relkind,
+       taken_at, row_estimate, total_bytes, seq_scans, columns, indexes
 FROM fraiseql_metrics.table_stats
 WHERE taken_at >= %(lookback)s AND taken_at < %(end)s
 ORDER BY schema_name, table_name, taken_at DESC
 """
-_EARLIEST: Final = f"""
-SELECT DISTINCT ON (schema_name, table_name) {_SNAPSHOT_COLUMNS}
+_EARLIEST: Final = """
+SELECT DISTINCT ON (schema_name, table_name) source, region, schema_name, table_name, relkind,
+       taken_at, row_estimate, total_bytes, seq_scans, columns, indexes
 FROM fraiseql_metrics.table_stats
 WHERE taken_at >= %(start)s AND taken_at < %(end)s
 ORDER BY schema_name, table_name, taken_at ASC

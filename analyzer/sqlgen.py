@@ -49,6 +49,7 @@ __all__ = [
 MAX_IDENTIFIER_BYTES: Final = 63  # NAMEDATALEN - 1: longer names are silently truncated
 BACKFILL_PAGES: Final = 1000  # heap pages per backfill transaction (8 MB)
 _SLUG: Final = re.compile(r"[^a-z0-9]+")
+_LINE_BREAK: Final = re.compile(r"(\r\n|\r|\n)")
 
 
 def render(statement: sql.Composable) -> str:
@@ -62,8 +63,14 @@ def comment(text: str) -> str:
 
 
 def commented(statement: str) -> str:
-    """A statement as comment lines (a rollback the operator may uncomment), every line prefixed."""
-    return "\n".join(("-- " + line).rstrip() for line in statement.splitlines())
+    """A statement as comment lines (a rollback the operator may uncomment).
+
+    Every line starts with ``-- ``; lines end where SQL's ``--`` comments end (CR or LF, which a
+    quoted name may contain) and keep their terminators, so removing the prefixes gives back the
+    statement exactly.
+    """
+    parts = _LINE_BREAK.split(statement)
+    return "".join(("-- " + part) if i % 2 == 0 else part for i, part in enumerate(parts))
 
 
 def object_name(*parts: str, suffix: str, taken: Iterable[str] = ()) -> str:

@@ -31,6 +31,7 @@ from .errors import UnsupportedSql
 __all__ = [
     "AGGREGATES",
     "CAST_TYPES",
+    "NON_IMMUTABLE_CASTS",
     "ColumnUse",
     "IndexDefinition",
     "KeyExpr",
@@ -59,6 +60,9 @@ CAST_TYPES: Final[dict[str, str]] = {
     "uuid": "uuid",
     "jsonb": "jsonb",
 }
+# Casts of text whose result depends on session settings (DateStyle, TimeZone): PostgreSQL
+# refuses them in an index expression ("functions in index expression must be marked IMMUTABLE").
+NON_IMMUTABLE_CASTS: Final = frozenset({"date", "timestamp", "timestamptz"})
 AGGREGATES: Final = frozenset({
     "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "array_agg",
     "string_agg", "jsonb_agg", "json_agg", "jsonb_object_agg", "stddev", "variance",
@@ -125,6 +129,11 @@ class KeyExpr:
     def is_json_path(self) -> bool:
         return bool(self.path)
 
+    @property
+    def indexable(self) -> bool:
+        """Whether PostgreSQL accepts the expression in an index (immutable)."""
+        return not (self.path and self.cast in NON_IMMUTABLE_CASTS)
+
     def with_cast(self, cast: str | None) -> KeyExpr:
         return KeyExpr(self.column, self.path, self.as_text, self.style, cast, self.func)
 
@@ -183,6 +192,46 @@ class KeyExpr:
     def render(self) -> str:
         return self.composable().as_string(None)
 
+    def display(self) -> str:
+        """FraiseQL's own spelling, e.g. ``data->'customer'->>'region'``, for people to read.
+
+        Not for execution (see :meth:`composable`): identifiers are quoted only when needed.
+        """
+        column = _display_identifier(self.column)
+        if not self.path:
+            text = column
+        elif self.style == "hash":
+            array = "{" + ",".join(_array_element(e) if not _plain_key(e) else str(e)
+                                   for e in self.path) + "}"
+            text = f"{column}{'#>>' if self.as_text else '#>'}{_display_literal(array)}"
+        elif self.style == "func":
+            keys = ", ".join(_display_literal(str(e)) for e in self.path)
+            text = f"{self.func or 'jsonb_extract_path'}({column}, {keys})"
+        else:
+            steps = []
+            for i, element in enumerate(self.path):
+                op = "->>" if i == len(self.path) - 1 and self.as_text else "->"
+                value = str(element) if isinstance(element, int) else _display_literal(element)
+                steps.append(f"{op}{value}")
+            text = column + "".join(steps)
+        return f"({text})::{self.cast}" if self.cast else text
+
+
+def _plain_key(element: str | int) -> bool:
+    text = str(element)
+    return bool(text) and all(ch.isalnum() or ch == "_" for ch in text) and text.isascii()
+
+
+def _display_identifier(name: str) -> str:
+    if name and name.isascii() and (name[0].isalpha() or name[0] == "_") and name == name.lower() \
+            and all(ch.isalnum() or ch == "_" for ch in name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _display_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
 
 def _array_element(element: str | int) -> str:
     """One element of a PostgreSQL text-array literal, quoted so any key round-trips."""
@@ -224,6 +273,8 @@ class QueryShape:
     has_subqueries: bool
     read_only: bool  # a single plain SELECT: no INTO, no locking clause, no data-modifying CTE
     offset: bool = False
+    # The top-level SELECT's output columns: (alias, key it projects or None, is an aggregate).
+    targets: tuple[tuple[str | None, KeyExpr | None, bool], ...] = ()
     tree: Any = field(default=None, repr=False, compare=False)
 
     def uses_of(self, relation: Relation, *usages: Usage) -> list[ColumnUse]:
@@ -249,7 +300,7 @@ class IndexDefinition:
 
 
 def _names(nodes: Sequence[Any] | None) -> list[str]:
-    return [n.sval for n in nodes or () if isinstance(n, ast.String)]
+    return [str(n.sval) for n in nodes or () if isinstance(n, ast.String)]
 
 
 def _const(node: Any) -> str | int | None:
@@ -261,7 +312,7 @@ def _const(node: Any) -> str | int | None:
         if isinstance(value, ast.String):
             return str(value.sval)
         if isinstance(value, ast.Integer):
-            return int(value.ival)
+            return int(value.ival or 0)
     return None
 
 
@@ -354,7 +405,7 @@ def _key_expr(node: Any, scope: _Scope) -> tuple[Relation | None, KeyExpr] | Non
         inner = _key_expr(node.arg, scope)
         if inner is None or inner[1].cast is not None:
             return None
-        cast = _cast_name(node.typeName)
+        cast = _cast_name(node.typeName) if node.typeName is not None else None
         if cast is None:
             return None
         return inner[0], inner[1].with_cast(cast)
@@ -516,7 +567,8 @@ class _Collector:
         if isinstance(position, int) and 1 <= position <= len(targets):
             return targets[position - 1]
         if isinstance(node, ast.ColumnRef) and target_list and len(node.fields or ()) == 1:
-            name = node.fields[0].sval if isinstance(node.fields[0], ast.String) else None
+            first = node.fields[0] if node.fields else None
+            name = first.sval if isinstance(first, ast.String) else None
             for target in target_list:
                 if isinstance(target, ast.ResTarget) and target.name == name and name:
                     return target.val
@@ -538,10 +590,10 @@ class _Collector:
             if item.schemaname is None and item.relname in scope.ctes:
                 scope.add(alias or item.relname, None)
                 return
-            relation = Relation(item.schemaname, item.relname)
+            relation = Relation(item.schemaname, str(item.relname))
             if relation not in self.relations:
                 self.relations.append(relation)
-            scope.add(alias or item.relname, relation)
+            scope.add(alias or str(item.relname), relation)
         elif isinstance(item, ast.JoinExpr):
             self.has_joins = True
             self.from_item(item.larg, scope)
@@ -553,10 +605,10 @@ class _Collector:
             if isinstance(item.subquery, ast.SelectStmt):
                 self.select(item.subquery, scope)
             if item.alias is not None:
-                scope.add(item.alias.aliasname, None)
+                scope.add(str(item.alias.aliasname), None)
         elif isinstance(item, ast.RangeFunction):
             if item.alias is not None:
-                scope.add(item.alias.aliasname, None)
+                scope.add(str(item.alias.aliasname), None)
             for node in _walk(item.functions):
                 if isinstance(node, ast.FuncCall):
                     self.functions.add(".".join(_names(node.funcname)))
@@ -701,7 +753,15 @@ def parse_query_shape(text: str) -> QueryShape:
     if not isinstance(stmt, ast.SelectStmt):
         return QueryShape(type(stmt).__name__, (), (), Limit("none"), _param_count(stmt),
                           frozenset(), False, False, False, False, False, tree=stmt)
-    collector.select(stmt, None)
+    scope = collector.select(stmt, None)
+    targets: list[tuple[str | None, KeyExpr | None, bool]] = []
+    for target in stmt.targetList or ():
+        if not isinstance(target, ast.ResTarget):
+            continue
+        found = _key_expr(target.val, scope)
+        aggregate = isinstance(target.val, ast.FuncCall) and bool(target.val.funcname) and \
+            _names(target.val.funcname)[-1] in AGGREGATES
+        targets.append((target.name, found[1] if found else None, aggregate))
     limit = Limit("none")
     if stmt.limitCount is not None:
         value = _const(stmt.limitCount)
@@ -724,6 +784,7 @@ def parse_query_shape(text: str) -> QueryShape:
         has_subqueries=collector.has_subqueries,
         read_only=collector.read_only,
         offset=stmt.limitOffset is not None,
+        targets=tuple(targets),
         tree=stmt,
     )
 
@@ -733,7 +794,8 @@ def _dedupe(uses: Iterable[ColumnUse]) -> list[ColumnUse]:
 
 
 def _param_count(stmt: Any) -> int:
-    return max((n.number for n in _walk(stmt) if isinstance(n, ast.ParamRef)), default=0)
+    return max((int(n.number or 0) for n in _walk(stmt) if isinstance(n, ast.ParamRef)),
+               default=0)
 
 
 def parse_index_definition(definition: str) -> IndexDefinition:
@@ -741,9 +803,9 @@ def parse_index_definition(definition: str) -> IndexDefinition:
     stmt = _parse_one(definition)
     if not isinstance(stmt, ast.IndexStmt) or stmt.relation is None:
         raise UnsupportedSql("not a CREATE INDEX statement")
-    relation = Relation(stmt.relation.schemaname, stmt.relation.relname)
+    relation = Relation(stmt.relation.schemaname, str(stmt.relation.relname))
     scope = _Scope()
-    scope.add(stmt.relation.relname, relation)
+    scope.add(str(stmt.relation.relname), relation)
     keys: list[KeyExpr | None] = []
     opclasses: list[str] = []
     for element in stmt.indexParams or ():

@@ -31,6 +31,7 @@ __all__ = [
     "MAGIC",
     "QUERY_EVENT",
     "QUERY_ROLLUP",
+    "SUGGESTION",
     "TABLE_STATS",
     "Codec",
     "default_codec",
