@@ -57,39 +57,14 @@ QUANTILES: Final = (0.50, 0.95, 0.99)
 # One row per (pattern, region, sketch alpha) with the totals of the (pattern, region) repeated:
 # sketches of different alphas cannot be merged bucket by bucket, so they are merged in Python
 # (see merge_sketches) — in practice there is one alpha and one row per pattern and region.
-_QUERY: Final = """
-WITH closed AS (
-    SELECT fingerprint, region, count, error_count, exec_sum_ms,
-           sketch_alpha, sketch_keys, sketch_weights
-    FROM fraiseql_metrics.rollups
-    -- window_start < end is implied by window_end <= end; stated for partition pruning.
-    WHERE window_start >= %(start)s AND window_start < %(end)s AND window_end <= %(end)s
-),
-totals AS (
-    SELECT fingerprint, region,
-           sum(count) AS count, sum(error_count) AS errors, sum(exec_sum_ms) AS exec_sum_ms
-    FROM closed
-    GROUP BY fingerprint, region
-),
-buckets AS (
-    SELECT c.fingerprint, c.region, c.sketch_alpha AS alpha, b.key, sum(b.weight) AS weight
-    FROM closed AS c
-    CROSS JOIN LATERAL unnest(c.sketch_keys, c.sketch_weights) AS b(key, weight)
-    GROUP BY c.fingerprint, c.region, c.sketch_alpha, b.key
-),
-sketches AS (
-    SELECT fingerprint, region, alpha,
-           array_agg(key ORDER BY key) AS keys, array_agg(weight ORDER BY key) AS weights
-    FROM buckets
-    GROUP BY fingerprint, region, alpha
+# The minute level's closed windows: rollups lying entirely inside [start, end).
+# window_start < end is implied by window_end <= end; stated for partition pruning.
+_MINUTE_CLOSED: Final = (
+    "SELECT fingerprint, region, count, error_count, exec_sum_ms,"
+    " sketch_alpha, sketch_keys, sketch_weights"
+    " FROM fraiseql_metrics.rollups"
+    " WHERE window_start >= %(start)s AND window_start < %(end)s AND window_end <= %(end)s"
 )
-SELECT t.fingerprint, t.region, p.query_name, t.count, t.errors, t.exec_sum_ms,
-       s.alpha, s.keys, s.weights
-FROM totals AS t
-LEFT JOIN sketches AS s USING (fingerprint, region)
-LEFT JOIN fraiseql_metrics.patterns AS p USING (fingerprint)
-ORDER BY t.fingerprint, t.region, s.alpha
-"""
 
 
 class StatsError(FraiseqlError):
@@ -250,7 +225,7 @@ _CLOSED_HOURLY: Final = sql.SQL(
     " > interval '1 hour'"
 ).format(columns=_LEVEL_COLUMNS)
 
-# _QUERY's aggregation over either level's closed windows.
+# The aggregation over either level's closed windows (merged sketches, summed counts).
 _LEVEL_QUERY: Final = """
 WITH closed AS ({closed}),
 totals AS (
@@ -278,6 +253,9 @@ LEFT JOIN sketches AS s USING (fingerprint, region)
 LEFT JOIN fraiseql_metrics.patterns AS p USING (fingerprint)
 ORDER BY t.fingerprint, t.region, s.alpha
 """
+
+# pattern_stats: the same aggregation over the minute level only.
+_QUERY: Final = _LEVEL_QUERY.format(closed=_MINUTE_CLOSED)
 
 
 def choose_level(start: datetime, end: datetime) -> StatsLevel:
