@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -138,6 +138,14 @@ def pattern_stats(
     start, end = _utc(start), _utc(end)
     if end <= start:
         raise ValueError("end must be after start")
+    rows = _fetch(url, _QUERY, {"start": start, "end": end},
+                  connect_timeout_secs, statement_timeout_secs)
+    return StatsReport(start, end, _build(rows))
+
+
+def _fetch(url: str, query: Any, params: Mapping[str, Any], connect_timeout_secs: float,
+           statement_timeout_secs: float) -> list[tuple[Any, ...]]:
+    """Run one statistics query in a read-only session; failures become a masked StatsError."""
     try:
         with psycopg.connect(
             url,
@@ -146,12 +154,11 @@ def pattern_stats(
             options=f"-c statement_timeout={int(statement_timeout_secs * 1000)}",
         ) as conn:
             conn.read_only = True
-            rows = conn.execute(_QUERY, {"start": start, "end": end}).fetchall()
+            return conn.execute(query, params).fetchall()
     except psycopg.Error as exc:
         raise StatsError(
             f"cannot read statistics from {mask_url(url)}: {mask_secrets(str(exc)).strip()}"
         ) from None
-    return StatsReport(start, end, _build(rows))
 
 
 def _build(rows: Sequence[tuple[Any, ...]]) -> list[PatternStats]:
@@ -308,19 +315,7 @@ def pattern_stats_at_level(
     """
     closed, params = closed_rollups_query(start, end, level)
     query = sql.SQL(_LEVEL_QUERY).format(closed=closed)
-    try:
-        with psycopg.connect(
-            url,
-            connect_timeout=max(1, round(connect_timeout_secs)),
-            application_name="fraiseql-stats",
-            options=f"-c statement_timeout={int(statement_timeout_secs * 1000)}",
-        ) as conn:
-            conn.read_only = True
-            rows = conn.execute(query, params).fetchall()
-    except psycopg.Error as exc:
-        raise StatsError(
-            f"cannot read statistics from {mask_url(url)}: {mask_secrets(str(exc)).strip()}"
-        ) from None
+    rows = _fetch(url, query, params, connect_timeout_secs, statement_timeout_secs)
     return StatsReport(params["start"], params["end"], _build(rows))
 
 
@@ -356,19 +351,7 @@ def pattern_stats_all_regions(
     closed, params = closed_rollups_query(start, end, level)
     merged = _ALL_REGIONS_CLOSED.format(label=sql.Literal(ALL_REGIONS), closed=closed)
     query = sql.SQL(_LEVEL_QUERY).format(closed=merged)
-    try:
-        with psycopg.connect(
-            url,
-            connect_timeout=max(1, round(connect_timeout_secs)),
-            application_name="fraiseql-stats",
-            options=f"-c statement_timeout={int(statement_timeout_secs * 1000)}",
-        ) as conn:
-            conn.read_only = True
-            rows = conn.execute(query, params).fetchall()
-    except psycopg.Error as exc:
-        raise StatsError(
-            f"cannot read statistics from {mask_url(url)}: {mask_secrets(str(exc)).strip()}"
-        ) from None
+    rows = _fetch(url, query, params, connect_timeout_secs, statement_timeout_secs)
     return StatsReport(params["start"], params["end"], _build(rows))
 
 
