@@ -1,12 +1,14 @@
 """Stream throughput on this machine, all against the same topic of N realistic events:
 
-(a) the physical ceiling: a bare confluent-kafka consumer that only decodes the events;
+(a) the physical ceiling: a bare confluent-kafka consumer that only decodes the events, with the
+    fastest decoder we have (``streams.decoding``, the one the worker uses);
+(a0) the same with the generic fastavro codec, for reference;
 (b) our stream worker end to end (decode, validate, window, sketch, publish rollups, checkpoint);
 (c) the same windowed job written with quixstreams (tumbling event-time windows, per-key reduce
     into per-region count/sum/min/max/sketch buckets, RocksDB state, final() to a topic);
 (d) a Faust agent that only decodes (``noack_take`` batches): the upper bound for a Faust worker.
 
-Usage: .venv/bin/python bench/bench_stream.py [--events 300000] [--json]
+Usage: .venv/bin/python bench/bench_stream.py [--events 200000] [--rounds 3] [--json]
 Needs the local stack (scripts/stack up). Each engine reads the topic from the beginning in its own
 consumer group; the figure is events/s from its first to its N-th event.
 """
@@ -16,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -31,6 +35,7 @@ from fraiseql_observability.config import KafkaSettings, Settings, StreamSetting
 from fraiseql_observability.kafka import ensure_topics
 from fraiseql_observability.sketch import QuantileSketch
 from producers.loadgen import generate_events
+from streams.decoding import QueryEventDecoder
 
 BOOTSTRAP = os.environ.get("FRAISEQL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 CODEC = default_codec()
@@ -53,11 +58,18 @@ def fill_topic(topic: str, n: int) -> None:
 
 
 def bench_bare(topic: str, n: int) -> float:
+    return _bare(topic, n, QueryEventDecoder(CODEC).decode)
+
+
+def bench_bare_fastavro(topic: str, n: int) -> float:
+    return _bare(topic, n, lambda value: CODEC.decode(value, QUERY_EVENT))
+
+
+def _bare(topic: str, n: int, decode: Callable[[bytes | None], Any]) -> float:
     consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"bench-bare-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024})
     consumer.subscribe([topic])
-    decode = CODEC.decode
     seen = 0
     start = 0.0
     while seen < n:
@@ -65,7 +77,7 @@ def bench_bare(topic: str, n: int) -> float:
             if msg.error() is None:
                 if not seen:
                     start = time.perf_counter()
-                decode(msg.value(), QUERY_EVENT)
+                decode(msg.value())
                 seen += 1
     elapsed = time.perf_counter() - start
     consumer.close()
@@ -195,38 +207,54 @@ def bench_faust(topic: str, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run every engine this many times, interleaved; report the medians")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--skip", default="", help="comma-separated engines to skip: bare,ours,quix,faust")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated engines to skip: bare,bare_fastavro,ours,quix,faust")
     args = parser.parse_args()
     topic = f"bench-{uuid.uuid4().hex[:8]}.fraiseql.query-events"
     ensure_topics(KafkaSettings(bootstrap_servers=BOOTSTRAP), [topic])
     t0 = time.perf_counter()
     fill_topic(topic, args.events)
     print(f"produced {args.events:,} events in {time.perf_counter() - t0:.1f}s to {topic}", file=sys.stderr)
-    results: dict[str, float] = {}
+    runs: dict[str, list[float]] = {}
     skip = set(args.skip.split(","))
-    engines = (("bare", bench_bare), ("ours", bench_ours), ("quix", bench_quix), ("faust", bench_faust))
-    for name, fn in engines:
-        if name in skip:
-            continue
-        results[name] = fn(topic, args.events)
-        print(f"{name:>6}: {results[name]:>10,.0f} events/s", file=sys.stderr)
+    engines = [(name, fn) for name, fn in (("bare", bench_bare), ("bare_fastavro", bench_bare_fastavro),
+                                           ("ours", bench_ours), ("quix", bench_quix), ("faust", bench_faust))
+               if name not in skip]
+    # Interleaved rounds: this machine's speed drifts by tens of percent over minutes (a shared VM),
+    # so one engine must not get all the fast minutes; the ratios use the medians.
+    for round_no in range(1, args.rounds + 1):
+        for name, fn in engines:
+            rate = fn(topic, args.events)
+            runs.setdefault(name, []).append(rate)
+            print(f"round {round_no} {name:>13}: {rate:>10,.0f} events/s", file=sys.stderr)
+    results: dict[str, float] = {name: statistics.median(rates) for name, rates in runs.items()}
     if "bare" in results and "ours" in results:
         results["ours_vs_bare"] = results["ours"] / results["bare"]
+    if "bare_fastavro" in results and "ours" in results:
+        results["ours_vs_bare_fastavro"] = results["ours"] / results["bare_fastavro"]
     if "quix" in results and "ours" in results:
         results["ours_vs_quix"] = results["ours"] / results["quix"]
     if args.json:
-        print(json.dumps(results))
-    else:
-        labels = {"bare": "(a) bare confluent-kafka consumer, decode only",
-                  "ours": "(b) fraiseql stream worker, end to end",
-                  "quix": "(c) quixstreams, same windowed job",
-                  "faust": "(d) Faust agent, decode only",
-                  "ours_vs_bare": "(b) / (a)", "ours_vs_quix": "(b) / (c)"}
-        for key, value in results.items():
-            fmt = f"{value:.2f}" if key.startswith("ours_vs") else f"{value:,.0f} events/s"
-            print(f"{labels[key]:<50} {fmt}")
+        print(json.dumps({"median": results, "runs": runs}))
+        return
+    labels = {"bare": "(a) bare confluent-kafka consumer, decode only",
+              "bare_fastavro": "(a0) the same, decoding with fastavro",
+              "ours": "(b) fraiseql stream worker, end to end",
+              "quix": "(c) quixstreams, same windowed job",
+              "faust": "(d) Faust agent, decode only",
+              "ours_vs_bare": "(b) / (a)", "ours_vs_bare_fastavro": "(b) / (a0)",
+              "ours_vs_quix": "(b) / (c)"}
+    print(f"median of {args.rounds} interleaved rounds, {args.events:,} events each")
+    for key, value in results.items():
+        if key.startswith("ours_vs"):
+            print(f"{labels[key]:<50} {value:.2f}")
+        else:
+            spread = f"(runs {', '.join(f'{r:,.0f}' for r in runs[key])})"
+            print(f"{labels[key]:<50} {value:>9,.0f} events/s  {spread}")
 
 
 if __name__ == "__main__":

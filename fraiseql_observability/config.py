@@ -134,7 +134,6 @@ class KafkaSettings(_Section):
     table_stats_topic: str = "fraiseql.table-stats"
     suggestions_topic: str = "fraiseql.suggestions"
     dead_letters_topic: str = "fraiseql.dead-letters"
-    checkpoints_topic: str = "fraiseql.stream-checkpoints"
     partitions: int = _field(6, ge=1, le=10_000)
     replication_factor: int = _field(1, ge=1, le=10)
 

@@ -41,7 +41,6 @@ def kafka_settings(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
         table_stats_topic=prefix + "fraiseql.table-stats",
         suggestions_topic=prefix + "fraiseql.suggestions",
         dead_letters_topic=prefix + "fraiseql.dead-letters",
-        checkpoints_topic=prefix + "fraiseql.stream-checkpoints",
     )
     yield settings
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})

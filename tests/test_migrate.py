@@ -171,9 +171,11 @@ def test_collector_writes_but_reads_and_changes_nothing_else(
     metrics_db: str, collector_url: str
 ) -> None:
     # What it must be able to do: the sink's whole write path, conflicts included.
+    # One timestamp for both writes: two calls of minute_us() can straddle a minute boundary.
+    window = minute_us(5)
     with RollupWriter(collector_url, pool_size=1) as writer:
         for _ in range(2):
-            writer.write([make_rollup(minute_us(5))], [make_table_stats(minute_us(5))])
+            writer.write([make_rollup(window)], [make_table_stats(window)])
     assert scalar(metrics_db, "SELECT count(*) FROM fraiseql_metrics.rollups") == 1
 
     for statement in [

@@ -165,3 +165,48 @@ def test_reasons_are_single_lines() -> None:
     for event in cases:
         reason = invalid_reason(event)
         assert reason and "\n" not in reason and "\x00" not in reason
+
+
+def reference_is_valid(event: dict[str, Any]) -> bool:
+    """The rules written plainly, one at a time (the fast path folds them into one expression)."""
+    for name in DURATION_FIELDS:
+        value = event[name]
+        if not math.isfinite(value) or value < 0 or value > MAX_DURATION_MS:
+            return False
+    weight = event["sample_weight"]
+    if not math.isfinite(weight) or weight < 1.0 or weight > 1e9 or event["rows_returned"] < 0:
+        return False
+    fingerprint = event["fingerprint"]
+    if not fingerprint or len(fingerprint) > 64 or any(c not in "0123456789abcdef" for c in fingerprint):
+        return False
+    for name in ("region", "query_name", "instance"):
+        text = event[name]
+        if not text or len(text) > MAX_NAME_LEN or "\x00" in text:
+            return False
+    return "\x00" not in event["sql"]
+
+
+edge_floats = st.sampled_from([0.0, -0.0, 1.0, MAX_DURATION_MS, 1e9, math.nan, math.inf, -1.0]) | st.floats()
+edge_text = st.sampled_from(["", "\x00", "a", "x" * MAX_NAME_LEN, "x" * (MAX_NAME_LEN + 1)]) | st.text()
+any_events = st.builds(
+    valid_event,
+    execution_time_ms=edge_floats,
+    sql_generation_time_ms=edge_floats,
+    db_round_trip_time_ms=edge_floats,
+    projection_time_ms=edge_floats,
+    sample_weight=edge_floats,
+    rows_returned=st.integers(min_value=-2, max_value=2),
+    fingerprint=st.sampled_from(["", "0", "f" * 64, "f" * 65, "A1", "a\n"]) | st.text(max_size=70),
+    region=edge_text,
+    instance=edge_text,
+    query_name=edge_text,
+    sql=st.sampled_from(["", "SELECT 1", "a\x00b"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(event=any_events)
+def test_the_fast_check_agrees_with_the_plain_rules_and_always_explains(event: dict[str, Any]) -> None:
+    reason = invalid_reason(event)
+    assert (reason is None) == reference_is_valid(event)
+    assert reason != "event failed validation"  # the explanation found the failing rule
