@@ -2,7 +2,7 @@
 
 ``default_codec().decode(data, QUERY_EVENT)`` (fastavro) costs 11–14 µs per event on the reference
 machine: most of a worker's budget at 50k events/s (20 µs for consume, decode, validate, window).
-This module reads the same Avro single-object bytes by hand in about a third of that. The trick is
+This module reads the same Avro single-object bytes by hand in less than half of that. The trick is
 that five of the fifteen fields repeat from event to event, in two runs of adjacent fields: (region,
 instance), one per API process, and (query_name, sql, fingerprint), one per query pattern. Each run
 is looked up, as raw bytes, in a small cache of already decoded strings instead of being decoded
@@ -135,7 +135,6 @@ class QueryEventDecoder:
         self._header = MAGIC + self.codec.fingerprint_of(QUERY_EVENT)
         self._hosts: dict[bytes, tuple[str, str]] = {}
         self._patterns: dict[bytes, tuple[str, str, str]] = {}
-        self.fast = True
         self.fast = self._self_check()
 
     def _self_check(self) -> bool:
@@ -155,7 +154,7 @@ class QueryEventDecoder:
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
         """Decode one message value; any defect raises :class:`DecodeError` with a dead-letter reason."""
-        if self.fast and data is not None and data[:HEADER_LEN] == self._header:
+        if self.fast and data is not None and data.startswith(self._header):
             try:
                 return self._decode_current(data)
             except _Corrupt as exc:
