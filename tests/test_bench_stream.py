@@ -1,0 +1,34 @@
+"""The stream benchmark (bench/bench_stream.py) still runs: its figures are what issue reports quote.
+
+A smoke run on a few thousand events, not a speed check (speed targets live in the bench itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.kafka
+
+
+def test_the_stream_bench_measures_the_bare_consumers_and_our_worker(kafka_bootstrap: str) -> None:
+    env = {**os.environ, "FRAISEQL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_stream.py"), "--events", "3000", "--rounds", "1",
+         "--skip", "quix,faust", "--json"],
+        capture_output=True, text=True, timeout=300, check=False, env=env, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    medians = result["median"]
+    for engine in ("bare", "bare_fastavro", "ours"):
+        assert medians[engine] > 0, (engine, medians)
+        assert len(result["runs"][engine]) == 1
+    assert medians["ours_vs_bare"] == pytest.approx(medians["ours"] / medians["bare"])
