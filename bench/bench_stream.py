@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import KafkaSettings, Settings, StreamSettings
@@ -39,6 +40,8 @@ from streams.decoding import QueryEventDecoder
 
 BOOTSTRAP = os.environ.get("FRAISEQL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 CODEC = default_codec()
+# Topics this run created, deleted at the end (quixstreams' own changelog topics excepted).
+CREATED: list[str] = []
 
 
 def fill_topic(topic: str, n: int) -> None:
@@ -89,6 +92,7 @@ def bench_ours(topic: str, n: int) -> float:
     from streams.worker import run_stream_loop  # noqa: PLC0415
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    CREATED.extend((prefix + "rollups", prefix + "dead"))
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=BOOTSTRAP, events_topic=topic,
                             rollups_topic=prefix + "rollups", dead_letters_topic=prefix + "dead"),
@@ -156,6 +160,7 @@ def bench_quix(topic: str, n: int) -> float:
     source = app.topic(topic, value_deserializer=AvroEvents(),
                        timestamp_extractor=lambda value, _h, _ts, _tt: value["occurred_at"] // 1000)
     sink = app.topic(f"bench-quix-out-{uuid.uuid4().hex[:8]}", value_serializer="json")
+    CREATED.append(sink.name)
     sdf = app.dataframe(source)
     sdf = sdf.tumbling_window(60_000, grace_ms=90_000).reduce(reducer, initializer).final()
     sdf.to_topic(sink)
@@ -216,6 +221,20 @@ def main() -> None:
     args = parser.parse_args()
     topic = f"bench-{uuid.uuid4().hex[:8]}.fraiseql.query-events"
     ensure_topics(KafkaSettings(bootstrap_servers=BOOTSTRAP), [topic])
+    CREATED.append(topic)
+    try:
+        run(args, topic)
+    finally:
+        admin = AdminClient({"bootstrap.servers": BOOTSTRAP})  # kept alive until the futures resolve
+        futures = admin.delete_topics(CREATED, operation_timeout=30)
+        for name, future in futures.items():
+            try:
+                future.result()
+            except Exception as exc:  # a leftover topic is not worth failing the figures for
+                print(f"could not delete {name}: {exc}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, topic: str) -> None:
     t0 = time.perf_counter()
     fill_topic(topic, args.events)
     print(f"produced {args.events:,} events in {time.perf_counter() - t0:.1f}s to {topic}", file=sys.stderr)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +35,11 @@ def test_the_stream_bench_measures_the_bare_consumers_and_our_worker(kafka_boots
         assert medians[engine] > 0, (engine, medians)
         assert len(result["runs"][engine]) == 1
     assert medians["ours_vs_bare"] == pytest.approx(medians["ours"] / medians["bare"])
+    # It cleans up after itself: a benchmark run on a shared broker leaves no topics behind.
+    found = re.search(r"to (bench-\S+)", out.stderr)
+    assert found, out.stderr[-2000:]
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    deadline = time.monotonic() + 15  # deletion is acknowledged before every broker view shows it
+    while found.group(1) in admin.list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, f"{found.group(1)} was left behind"
+        time.sleep(0.5)
