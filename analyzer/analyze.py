@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from .records import (
     Suggestion,
     priority_for,
 )
+from .report import fmt_num
 from .sqlshape import (
     KeyExpr,
     QueryShape,
@@ -158,16 +158,6 @@ def _shapes(evidence: WorkloadEvidence, notes: list[str]) -> list[tuple[PatternE
     return out
 
 
-def _fmt(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    if abs(value) >= 100:
-        return f"{value:,.0f}{unit}"
-    if abs(value) >= 1:
-        return f"{value:,.1f}{unit}"
-    return f"{value:.3g}{unit}"
-
-
 def _usage_words(candidate: Candidate, pattern: PatternContext) -> str:
     uses = pattern.uses_on(candidate.table)
     wanted = {(k.column, k.path) for k in candidate.keys}
@@ -185,24 +175,24 @@ def _evidence_lines(candidate: Candidate, sketches: dict[str, Sketch]) -> list[s
         stat = table.snapshot.column_stat(key) if table.snapshot else None
         if stat is not None:
             distinct = stat.distinct_values(table.rows)
-            lines.append(f"  {key.display()}: n_distinct {_fmt(distinct)}, null_frac "
-                         f"{_fmt(stat.null_frac)}, avg_width {stat.avg_width or '-'}")
+            lines.append(f"  {key.display()}: n_distinct {fmt_num(distinct)}, null_frac "
+                         f"{fmt_num(stat.null_frac)}, avg_width {stat.avg_width or '-'}")
     for benefit in sorted(candidate.benefits, key=lambda b: -b.evidence.queries_per_day):
         evidence = benefit.evidence
         sketch = sketches.get(evidence.fingerprint)
         p50, p95, p99 = ((sketch.quantile(0.5), sketch.quantile(0.95), sketch.quantile(0.99))
                          if sketch else (None, None, None))
         line = (f"{evidence.query_name or '?'} ({evidence.fingerprint}): "
-                f"{_fmt(evidence.queries_per_day)}/day, p50 {_fmt(p50, ' ms')}, "
-                f"p95 {_fmt(p95, ' ms')}, p99 {_fmt(p99, ' ms')}, "
-                f"{_fmt(evidence.mean_rows)} rows/query; {_usage_words(candidate, benefit.pattern)}"
-                f" -> {_fmt(benefit.speedup)}x ({benefit.method}")
+                f"{fmt_num(evidence.queries_per_day)}/day, p50 {fmt_num(p50, ' ms')}, "
+                f"p95 {fmt_num(p95, ' ms')}, p99 {fmt_num(p99, ' ms')}, "
+                f"{fmt_num(evidence.mean_rows)} rows/query; {_usage_words(candidate, benefit.pattern)}"
+                f" -> {fmt_num(benefit.speedup)}x ({benefit.method}")
         if benefit.method == "hypopg":
             d = benefit.details
             line += (f": planner cost {d['cost_before']} -> {d['cost_after']}, corrected "
                      f"{d['corrected_cost_before']} -> {d['corrected_cost_after']}")
         if benefit.fit is not None and candidate.kind == "add_index":
-            line += f"; reads ~{_fmt(benefit.fit.visited_rows)} rows"
+            line += f"; reads ~{fmt_num(benefit.fit.visited_rows)} rows"
         lines.append(line + ")")
     lines += candidate.notes
     return lines
@@ -211,12 +201,12 @@ def _evidence_lines(candidate: Candidate, sketches: dict[str, Sketch]) -> list[s
 def _reason(candidate: Candidate, patterns: Sequence[PatternRef], p95: float | None) -> str:
     table = candidate.table.relation
     count = len(patterns)
-    per_day = _fmt(sum(p.queries_per_day for p in patterns))
-    tail = f"{count} pattern(s), {per_day} queries/day, p95 {_fmt(p95, ' ms')}"
+    per_day = fmt_num(sum(p.queries_per_day for p in patterns))
+    tail = f"{count} pattern(s), {per_day} queries/day, p95 {fmt_num(p95, ' ms')}"
     if candidate.kind == "drop_index" and candidate.drop is not None:
         return (f"index {candidate.drop.name} on {table} is unused "
                 f"({'; '.join(candidate.notes)}) and serves no query of the workload; dropping it "
-                f"frees {_fmt(-candidate.storage_mb, ' MB')} and speeds up writes")
+                f"frees {fmt_num(-candidate.storage_mb, ' MB')} and speeds up writes")
     keys = describe_keys(candidate.keys)
     if candidate.kind == "denormalize" and candidate.filter_key is not None:
         return (f"{table} is filtered or sorted on {candidate.filter_key.display()} ({tail}); "
@@ -314,10 +304,6 @@ def _build(candidate: Candidate, sketches: dict[str, Sketch], taken: set[str]) -
             queries_per_day=b.evidence.queries_per_day,
             current_p95_ms=b.p95_ms,
             estimated_speedup=b.speedup,
-            mean_ms=b.evidence.mean_ms,
-            mean_rows=b.evidence.mean_rows,
-            selectivity=b.fit.selectivity if b.fit is not None else None,
-            method=b.method,
         ) for b in benefits)
     current = candidate.current_p95_ms
     projected = candidate.projected_p95_ms
@@ -338,9 +324,9 @@ def _build(candidate: Candidate, sketches: dict[str, Sketch], taken: set[str]) -
     header = [
         f"Suggestion {sid} [{priority}]: {candidate.kind} on {table.relation}"
         + (f" ({', '.join(columns)})" if columns else ""),
-        f"{len(refs)} pattern(s), {_fmt(qpd)} queries/day; estimated speedup {_fmt(speedup)}x "
-        f"({method}); p95 {_fmt(current, ' ms')} -> {_fmt(projected, ' ms')}"
-        f"; storage {_fmt(candidate.storage_mb, ' MB')}",
+        f"{len(refs)} pattern(s), {fmt_num(qpd)} queries/day; estimated speedup {fmt_num(speedup)}x "
+        f"({method}); p95 {fmt_num(current, ' ms')} -> {fmt_num(projected, ' ms')}"
+        f"; storage {fmt_num(candidate.storage_mb, ' MB')}",
     ]
     if refs:
         header.append("Patterns: " + ", ".join(f"{r.query_name or '?'} ({r.fingerprint})"
@@ -427,8 +413,7 @@ def _applied_changes(conn: psycopg.Connection[tuple[Any, ...]], history: Sequenc
     for item, affected, sid in changes:
         wanted = [c.fingerprint for c in affected]
         boundary_before = item.previous_snapshot or evidence.start
-        before = load_sketches(conn, evidence.start, max(boundary_before, evidence.start)
-                               + timedelta(microseconds=1), wanted) \
+        before = load_sketches(conn, evidence.start, boundary_before + timedelta(microseconds=1), wanted) \
             if boundary_before > evidence.start else {}
         after = load_sketches(conn, item.first_seen, evidence.end, wanted) \
             if item.first_seen < evidence.end else {}
@@ -436,9 +421,6 @@ def _applied_changes(conn: psycopg.Connection[tuple[Any, ...]], history: Sequenc
             fingerprint=c.fingerprint, query_name=c.evidence.query_name,
             p95_before_ms=before[c.fingerprint].quantile(0.95) if c.fingerprint in before else None,
             p95_after_ms=after[c.fingerprint].quantile(0.95) if c.fingerprint in after else None,
-            count_before=math.fsum(before[c.fingerprint].weights) if c.fingerprint in before
-            else 0.0,
-            count_after=math.fsum(after[c.fingerprint].weights) if c.fingerprint in after else 0.0,
         ) for c in affected)
         out.append(AppliedChange(item.kind, item.schema_name, item.table_name, item.name,
                                  item.definition, (item.previous_snapshot, item.first_seen),

@@ -90,7 +90,6 @@ class PatternEvidence:
     rows_sum: float
     regions: tuple[str, ...]
     queries_per_day: float
-    sketch: Sketch | None = None
 
     @property
     def mean_ms(self) -> float:
@@ -106,14 +105,6 @@ class PatternEvidence:
     @property
     def mean_rows(self) -> float:
         return self.rows_sum / self.count if self.count > 0 else 0.0
-
-    def quantile(self, q: float) -> float | None:
-        return self.sketch.quantile(q) if self.sketch is not None else None
-
-    def with_sketch(self, sketch: Sketch | None) -> PatternEvidence:
-        return PatternEvidence(self.fingerprint, self.query_name, self.sql, self.count,
-                               self.errors, self.exec_sum_ms, self.db_sum_ms, self.rows_sum,
-                               self.regions, self.queries_per_day, sketch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,10 +50,6 @@ class PatternRef:
     queries_per_day: float
     current_p95_ms: float | None
     estimated_speedup: float
-    mean_ms: float = 0.0
-    mean_rows: float = 0.0
-    selectivity: float | None = None
-    method: str = "model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +92,6 @@ class PatternImpact:
     query_name: str
     p95_before_ms: float | None
     p95_after_ms: float | None
-    count_before: float
-    count_after: float
 
     @property
     def speedup(self) -> float | None:

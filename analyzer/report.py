@@ -153,7 +153,8 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
-def _num(value: float | None, unit: str = "") -> str:
+def fmt_num(value: float | None, unit: str = "") -> str:
+    """A number for text output: 3 significant digits or thousands separators; '-' when unknown."""
     if value is None or not math.isfinite(value):
         return "-"
     if abs(value) >= 100:
@@ -183,10 +184,10 @@ def _suggestion_text(rank: int, s: Suggestion) -> list[str]:
     lines = [
         f"{rank}. [{s.priority.upper()}] {s.type} on {_printable(s.qualified_table)}"
         + (f" ({_printable(', '.join(s.columns))})" if s.columns else "") + f"   id {s.id}",
-        f"   impact: {_num(impact.queries_per_day)} queries/day x {_num(impact.estimated_speedup)}"
-        f" speedup ({method}); p95 {_num(impact.current_p95_ms, ' ms')} -> "
-        f"{_num(impact.projected_p95_ms, ' ms')}; storage {_num(impact.storage_mb, ' MB')}; "
-        f"saves ~{_num(s.time_saved_ms_per_day / 3_600_000.0)} h of query time per day",
+        f"   impact: {fmt_num(impact.queries_per_day)} queries/day x {fmt_num(impact.estimated_speedup)}"
+        f" speedup ({method}); p95 {fmt_num(impact.current_p95_ms, ' ms')} -> "
+        f"{fmt_num(impact.projected_p95_ms, ' ms')}; storage {fmt_num(impact.storage_mb, ' MB')}; "
+        f"saves ~{fmt_num(s.time_saved_ms_per_day / 3_600_000.0)} h of query time per day",
     ]
     if s.new_column:
         lines.append(f"   new column: {_printable(s.new_column)} {s.new_type}")
@@ -210,8 +211,8 @@ def _applied_text(changes: Sequence[AppliedChange]) -> list[str]:
         for pattern in change.patterns:
             speed = f"{pattern.speedup:,.1f}x" if pattern.speedup else "-"
             lines.append(f"    {_printable(pattern.query_name or pattern.fingerprint)}: p95 "
-                         f"{_num(pattern.p95_before_ms, ' ms')} before -> "
-                         f"{_num(pattern.p95_after_ms, ' ms')} after ({speed})")
+                         f"{fmt_num(pattern.p95_before_ms, ' ms')} before -> "
+                         f"{fmt_num(pattern.p95_after_ms, ' ms')} after ({speed})")
     return lines
 
 
@@ -221,8 +222,8 @@ def render_text(analysis: Analysis) -> str:
         f"FraiseQL Observability analysis at {_iso(analysis.analyzed_at)}",
         f"window {_iso(analysis.window_start)} .. {_iso(analysis.window_end)} "
         f"({analysis.window_days:g} days; data for {analysis.coverage_days:.3g} days)",
-        f"workload: {_num(analysis.total_executions)} executions (weighted), "
-        f"{analysis.unique_queries} patterns, mean {_num(analysis.avg_execution_time_ms, ' ms')}",
+        f"workload: {fmt_num(analysis.total_executions)} executions (weighted), "
+        f"{analysis.unique_queries} patterns, mean {fmt_num(analysis.avg_execution_time_ms, ' ms')}",
         "speedups: " + (f"HypoPG on {analysis.validated_with}, corrected with observed rows"
                         if analysis.validated_with else "cost model (no --validate-with)"),
         "",

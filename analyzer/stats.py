@@ -54,18 +54,6 @@ __all__ = [
 
 QUANTILES: Final = (0.50, 0.95, 0.99)
 
-# One row per (pattern, region, sketch alpha) with the totals of the (pattern, region) repeated:
-# sketches of different alphas cannot be merged bucket by bucket, so they are merged in Python
-# (see merge_sketches) — in practice there is one alpha and one row per pattern and region.
-# The minute level's closed windows: rollups lying entirely inside [start, end).
-# window_start < end is implied by window_end <= end; stated for partition pruning.
-_MINUTE_CLOSED: Final = (
-    "SELECT fingerprint, region, count, error_count, exec_sum_ms,"
-    " sketch_alpha, sketch_keys, sketch_weights"
-    " FROM fraiseql_metrics.rollups"
-    " WHERE window_start >= %(start)s AND window_start < %(end)s AND window_end <= %(end)s"
-)
-
 
 class StatsError(FraiseqlError):
     """The statistics could not be read (database unreachable, schema missing …)."""
@@ -131,16 +119,13 @@ def pattern_stats(
     connect_timeout_secs: float = 10.0,
     statement_timeout_secs: float = 120.0,
 ) -> StatsReport:
-    """Statistics per (fingerprint, region) over the closed windows inside ``[start, end)``.
+    """Statistics per (fingerprint, region) over the closed windows inside ``[start, end)``,
+    from the minute level.
 
     Sorted by weighted count, busiest first (then fingerprint and region).
     """
-    start, end = _utc(start), _utc(end)
-    if end <= start:
-        raise ValueError("end must be after start")
-    rows = _fetch(url, _QUERY, {"start": start, "end": end},
-                  connect_timeout_secs, statement_timeout_secs)
-    return StatsReport(start, end, _build(rows))
+    return pattern_stats_at_level(url, start, end, "minute", connect_timeout_secs=connect_timeout_secs,
+                                  statement_timeout_secs=statement_timeout_secs)
 
 
 def _fetch(url: str, query: Any, params: Mapping[str, Any], connect_timeout_secs: float,
@@ -233,6 +218,9 @@ _CLOSED_HOURLY: Final = sql.SQL(
 ).format(columns=_LEVEL_COLUMNS)
 
 # The aggregation over either level's closed windows (merged sketches, summed counts).
+# One row per (pattern, region, sketch alpha) with the totals of the (pattern, region) repeated:
+# sketches of different alphas cannot be merged bucket by bucket, so they are merged in Python
+# (see merge_sketches) — in practice there is one alpha and one row per pattern and region.
 _LEVEL_QUERY: Final = """
 WITH closed AS ({closed}),
 totals AS (
@@ -260,9 +248,6 @@ LEFT JOIN sketches AS s USING (fingerprint, region)
 LEFT JOIN fraiseql_metrics.patterns AS p USING (fingerprint)
 ORDER BY t.fingerprint, t.region, s.alpha
 """
-
-# pattern_stats: the same aggregation over the minute level only.
-_QUERY: Final = _LEVEL_QUERY.format(closed=_MINUTE_CLOSED)
 
 
 def choose_level(start: datetime, end: datetime) -> StatsLevel:
@@ -314,9 +299,7 @@ def pattern_stats_at_level(
     ``rollups_hourly`` (granted to ``fraiseql_analyst``) when the hourly level is used.
     """
     closed, params = closed_rollups_query(start, end, level)
-    query = sql.SQL(_LEVEL_QUERY).format(closed=closed)
-    rows = _fetch(url, query, params, connect_timeout_secs, statement_timeout_secs)
-    return StatsReport(params["start"], params["end"], _build(rows))
+    return _report(url, closed, params, connect_timeout_secs, statement_timeout_secs)
 
 
 # --- global statistics: every region of a pattern merged ----------------------------------------
@@ -350,7 +333,13 @@ def pattern_stats_all_regions(
     """
     closed, params = closed_rollups_query(start, end, level)
     merged = _ALL_REGIONS_CLOSED.format(label=sql.Literal(ALL_REGIONS), closed=closed)
-    query = sql.SQL(_LEVEL_QUERY).format(closed=merged)
+    return _report(url, merged, params, connect_timeout_secs, statement_timeout_secs)
+
+
+def _report(url: str, closed: sql.Composable, params: dict[str, datetime], connect_timeout_secs: float,
+            statement_timeout_secs: float) -> StatsReport:
+    """Aggregate the closed windows of ``closed`` per (fingerprint, region) into a report."""
+    query = sql.SQL(_LEVEL_QUERY).format(closed=closed)
     rows = _fetch(url, query, params, connect_timeout_secs, statement_timeout_secs)
     return StatsReport(params["start"], params["end"], _build(rows))
 

@@ -62,7 +62,6 @@ class _Schema:
     name: str
     fingerprint: bytes
     parsed: Any
-    path: Path
 
 
 class Codec:
@@ -77,7 +76,7 @@ class Codec:
             fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
             parsed: Any = fastavro.parse_schema(_strip_logical_types(raw))
             name = str(parsed["name"])
-            schema = _Schema(name, fp, parsed, path)
+            schema = _Schema(name, fp, parsed)
             self._by_fingerprint[fp] = schema
             # "<name>.avsc" is the current version; "<name>.vN.avsc" files are older writers.
             if path.stem.count(".") == 0:

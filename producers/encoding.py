@@ -54,13 +54,7 @@ def _long(value: int) -> bytes:
         return _SMALL_LONGS[value]
     if not _LONG_MIN <= value <= _LONG_MAX:
         raise ValueError(f"{value} does not fit an Avro long")
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return _varint((value << 1) ^ (value >> 63))
 
 
 def _varint(n: int) -> bytes:

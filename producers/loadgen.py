@@ -47,7 +47,7 @@ from fraiseql_observability.kafka import ensure_topics, producer_config
 
 from .encoding import EventIdFactory, QueryEventEncoder
 from .errors import LoadgenError
-from .sampling import MIN_SAMPLE_RATE
+from .sampling import effective_rate
 from .workload import DEFAULT_REGIONS, ERROR_CLASSES, QueryPattern, Workload, default_workload
 
 __all__ = [
@@ -100,13 +100,6 @@ class PatternTotals:
     def quantile(self, q: float) -> float:
         return weighted_quantile(self.durations, self.weights, q)
 
-    @property
-    def mean_ms(self) -> float:
-        total = math.fsum(self.weights)
-        if not total:
-            return math.nan
-        return math.fsum(d * w for d, w in zip(self.durations, self.weights, strict=True)) / total
-
 
 @dataclass(slots=True)
 class LoadgenReport:
@@ -131,10 +124,6 @@ class LoadgenReport:
     @property
     def weighted_total(self) -> float:
         return math.fsum(t.weighted_count for t in self.patterns.values())
-
-    def weighted_count(self, fingerprint: str, region: str) -> float:
-        totals = self.patterns.get((fingerprint, region))
-        return totals.weighted_count if totals else 0.0
 
     def add(self, event: dict[str, Any], keep_samples: bool = True) -> None:
         key = (event["fingerprint"], event["region"])
@@ -224,8 +213,7 @@ class EventModel:
             raise LoadgenError("at least one region is needed")
         if not 0.0 <= sample_rate <= 1.0:
             raise LoadgenError(f"sample_rate = {sample_rate!r}: allowed 0..1")
-        self.rate = sample_rate if sample_rate >= MIN_SAMPLE_RATE else 0.0
-        self.uniform_weight = 1.0 / self.rate if self.rate else 0.0
+        self.rate, self.uniform_weight = effective_rate(sample_rate)
         self.slow_query_ms = slow_query_ms
         self.rng = random.Random(seed)  # noqa: S311 - a reproducible model, not a secret
         self._new_id = EventIdFactory(self.rng.getrandbits(128).to_bytes(16, "big"))

@@ -109,7 +109,6 @@ class _Counts:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     held: int = 0
     capacity: int = 0
-    buffered: int = 0
     # Not-sampled queries: itertools.count's __next__ is one atomic C call (~70 ns), cheaper and
     # safer across threads than `x += 1`; reading it advances it, so reads are counted and removed.
     not_sampled_counter: Iterator[int] = field(default_factory=itertools.count)

@@ -26,9 +26,19 @@ from fraiseql_observability.config import Settings
 
 from .errors import ProducerError
 
-__all__ = ["MIN_SAMPLE_RATE", "Sampler"]
+__all__ = ["MIN_SAMPLE_RATE", "Sampler", "effective_rate"]
 
 MIN_SAMPLE_RATE: Final = 1e-9
+
+
+def effective_rate(sample_rate: float) -> tuple[float, float]:
+    """(uniform keep probability, weight of an event it keeps) for a ``sample_rate`` in 0..1.
+
+    The one place of the rule, shared by the recorder's sampler and the load generator's ground
+    truth: rates below :data:`MIN_SAMPLE_RATE` keep nothing (weight 0.0 marks "never kept").
+    """
+    rate = sample_rate if sample_rate >= MIN_SAMPLE_RATE else 0.0
+    return rate, 1.0 / rate if rate else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +63,9 @@ class Sampler:
             raise ProducerError(f"sample_rate = {self.sample_rate!r}: allowed 0..1")
         if not self.slow_query_ms >= 0.0:  # also rejects NaN
             raise ProducerError(f"slow_query_ms = {self.slow_query_ms!r}: allowed >= 0")
-        rate = self.sample_rate if self.sample_rate >= MIN_SAMPLE_RATE else 0.0
+        rate, uniform_weight = effective_rate(self.sample_rate)
         object.__setattr__(self, "rate", rate)
-        object.__setattr__(self, "uniform_weight", 1.0 / rate if rate else 0.0)
+        object.__setattr__(self, "uniform_weight", uniform_weight)
 
     @classmethod
     def from_settings(cls, settings: Settings,

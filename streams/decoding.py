@@ -39,6 +39,7 @@ _EIGHT_BYTES: Final = 0x0080808080808080
 # emptied (hostile or very diverse input costs speed, never memory); long runs are not cached.
 _CACHE_MAX_ENTRIES: Final = 16384
 _CACHE_MAX_SPAN: Final = 4096
+_Run = tuple[str, ...]  # the decoded strings of one run of adjacent repeating fields
 _PROBES: Final = (
     {"event_id": "0f6f7c1e-1b0a-4b8c-9a55-000000000001", "occurred_at": 1_795_000_000_123_456,
      "region": "eu-west-1", "instance": "api-7", "query_name": "users",
@@ -124,6 +125,15 @@ def _read_string(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end
 
 
+def _read_strings(data: bytes, pos: int, count: int) -> _Run:
+    """``count`` adjacent strings from ``pos`` (a cache miss of one run of repeating fields)."""
+    strings = []
+    for _ in range(count):
+        text, pos = _read_string(data, pos)
+        strings.append(text)
+    return tuple(strings)
+
+
 class QueryEventDecoder:
     """``decode(data)`` returns what ``codec.decode(data, QUERY_EVENT)`` returns, faster.
 
@@ -133,8 +143,8 @@ class QueryEventDecoder:
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or default_codec()
         self._header = MAGIC + self.codec.fingerprint_of(QUERY_EVENT)
-        self._hosts: dict[bytes, tuple[str, str]] = {}
-        self._patterns: dict[bytes, tuple[str, str, str]] = {}
+        self._hosts: dict[bytes, _Run] = {}  # (region, instance)
+        self._patterns: dict[bytes, _Run] = {}  # (query_name, sql, fingerprint)
         self.fast = self._self_check()
 
     def _self_check(self) -> bool:
@@ -182,12 +192,7 @@ class QueryEventDecoder:
         if pos > len(data):
             raise _Corrupt("truncated")
         span = data[start:pos]
-        host = self._hosts.get(span)
-        if host is None:
-            region, p = _read_string(data, start)
-            instance, _p = _read_string(data, p)
-            host = (region, instance)
-            self._remember(self._hosts, span, host)
+        host = self._hosts.get(span) or self._remember(self._hosts, span, _read_strings(data, start, 2))
         # (query_name, sql, fingerprint): likewise, one entry per query pattern.
         start = pos
         b = data[pos]
@@ -198,13 +203,8 @@ class QueryEventDecoder:
         if pos > len(data):
             raise _Corrupt("truncated")
         span = data[start:pos]
-        pattern = self._patterns.get(span)
-        if pattern is None:
-            query_name, p = _read_string(data, start)
-            sql, p = _read_string(data, p)
-            fingerprint, _p = _read_string(data, p)
-            pattern = (query_name, sql, fingerprint)
-            self._remember(self._patterns, span, pattern)
+        pattern = self._patterns.get(span) or self._remember(self._patterns, span,
+                                                             _read_strings(data, start, 3))
         execution, generation, round_trip, projection = _unpack_4d(data, pos)
         pos += 32
         b = data[pos]
@@ -247,9 +247,9 @@ class QueryEventDecoder:
         }
 
     @staticmethod
-    def _remember(cache: dict[bytes, Any], span: bytes, value: Any) -> None:
-        if len(span) > _CACHE_MAX_SPAN:
-            return
-        if len(cache) >= _CACHE_MAX_ENTRIES:
-            cache.clear()
-        cache[span] = value
+    def _remember(cache: dict[bytes, _Run], span: bytes, value: _Run) -> _Run:
+        if len(span) <= _CACHE_MAX_SPAN:
+            if len(cache) >= _CACHE_MAX_ENTRIES:
+                cache.clear()
+            cache[span] = value
+        return value

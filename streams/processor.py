@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
@@ -53,11 +53,11 @@ class StreamError(FraiseqlError):
 
 @dataclass
 class BatchResult:
+    """What one call of :meth:`StreamProcessor.process` did with its messages."""
+
     consumed: int = 0
     counted: int = 0
     dead_letters: int = 0
-    rollups: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 TopicPartitionKey = tuple[str, int]
@@ -308,7 +308,6 @@ class StreamProcessor:
 
     def _dead_letter(self, msg: Message, reason: str, detail: str, result: BatchResult) -> None:
         result.dead_letters += 1
-        result.by_reason[reason] = result.by_reason.get(reason, 0) + 1
         if not self.dead_letters:
             return
         record: dict[str, Any] = {

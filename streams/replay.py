@@ -74,14 +74,17 @@ class ReplayReport:
                 f"({self.dead_letters_skipped:,} bad or late events skipped, as the live worker did)")
 
 
-def _event_topics(consumer: Consumer, pattern: str) -> list[str]:
+def _event_partitions(consumer: Consumer, pattern: str) -> list[TopicPartition]:
+    """Every partition of the topic ``pattern`` names (or, for "^…", of the topics it matches)."""
     topics = consumer.list_topics(timeout=30).topics
     if pattern.startswith("^"):
         regex = re.compile(pattern)
-        return sorted(t for t in topics if regex.search(t))
-    if pattern not in topics:
+        names = sorted(t for t in topics if regex.search(t))
+    elif pattern in topics:
+        names = [pattern]
+    else:
         raise ReplayError(f"topic {pattern} does not exist")
-    return [pattern]
+    return [TopicPartition(t, p) for t in names for p in sorted(topics[t].partitions)]
 
 
 def _offsets_at(consumer: Consumer, partitions: list[TopicPartition], ts_ms: int) -> list[int]:
@@ -126,9 +129,7 @@ def replay(
     processor = StreamProcessor(settings, producer, default_codec(), stage="replay",
                                 dead_letters=False, keep=in_interval)
     try:
-        topics = _event_topics(consumer, settings.kafka.events_topic)
-        meta = consumer.list_topics(timeout=30).topics
-        partitions = [TopicPartition(t, p) for t in topics for p in sorted(meta[t].partitions)]
+        partitions = _event_partitions(consumer, settings.kafka.events_topic)
         if not partitions:
             raise ReplayError(f"no partitions match {settings.kafka.events_topic}")
         begin = _offsets_at(consumer, partitions, start_us // 1000 - margin_ms)
@@ -137,9 +138,10 @@ def replay(
                 if f > b}
         total = sum(f - b for b, f in todo.values())
         for (topic, partition), (b, _f) in todo.items():
-            processor.partitions[(topic, partition)] = PartitionWindows(
-                topic, partition, window_us=window_us, grace_us=int(settings.streams.grace_secs * MICROS))
-            processor.partitions[(topic, partition)].position = b
+            windows = PartitionWindows(topic, partition, window_us=processor.window_us,
+                                       grace_us=processor.grace_us)
+            windows.position = b
+            processor.partitions[(topic, partition)] = windows
         consumer.incremental_assign([TopicPartition(t, p, b) for (t, p), (b, _f) in todo.items()])
         log.info("replaying %d events from %d partitions", total, len(todo))
 
@@ -160,12 +162,10 @@ def replay(
                     if err.code() == KafkaError._PARTITION_EOF:  # the end came early
                         remaining.pop(key, None)
                     continue
-                if msg.offset() >= remaining[key][1]:
-                    remaining.pop(key)
-                    consumer.incremental_unassign([TopicPartition(*key)])
-                    continue
-                batch.append(msg)
-                if msg.offset() + 1 >= remaining[key][1]:
+                end_offset = remaining[key][1]
+                if msg.offset() < end_offset:
+                    batch.append(msg)
+                if msg.offset() + 1 >= end_offset:  # the partition's part of the interval is read
                     remaining.pop(key)
                     consumer.incremental_unassign([TopicPartition(*key)])
             if batch:

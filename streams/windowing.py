@@ -180,7 +180,7 @@ class PartitionWindows:
         """Fold one valid event in; the caller dead-letters it when the outcome is LATE."""
         self.position = offset + 1
         occurred_at: int = event["occurred_at"]
-        start = occurred_at - occurred_at % self.window_us
+        start = self.window_start(occurred_at)
         max_event_time = self.max_event_time
         if max_event_time is None or occurred_at > max_event_time:
             self.max_event_time = occurred_at

@@ -4,7 +4,6 @@ reports, the Prometheus gauge, retention, least privilege — and ``diff-analysi
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,7 +24,7 @@ from analyzer.store import store_run
 from fraiseql_observability.codec import SUGGESTION, default_codec
 from fraiseql_observability.config import KafkaSettings, load_settings
 from tests.fix_kafka import consume_all
-from tests.fix_procs import Processes, clean_env, cli, write_config
+from tests.fix_procs import Processes, clean_env, cli, free_port, write_config
 from tests.test_analyzer_analyze import (
     core_loads,
     demo_table_stats,
@@ -192,12 +191,6 @@ def test_applied_changes_are_recorded_with_their_impact(
     [pattern] = impact
     assert pattern["query_name"] == "ordersByCustomerEmail"
     assert pattern["p95_before_ms"] > 100 and pattern["p95_after_ms"] < 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_long_running_scheduler_serves_metrics_and_stops_cleanly(

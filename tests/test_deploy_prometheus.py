@@ -32,13 +32,12 @@ import yaml
 from analyzer.stats import pattern_stats, pattern_stats_at_level
 from fraiseql_observability.config import KafkaSettings
 from sinks.writer import RollupWriter
-from tests.fix_procs import Processes
+from tests.fix_procs import Processes, free_port
 from tests.test_metrics_endpoints import (
     REPO,
     RULES_DIR,
     dashboard_queries,
     dashboards,
-    free_port,
     inject_dead_letters,
     names_used,
     panels,

@@ -16,7 +16,7 @@ import pytest
 from fraiseql_observability.config import KafkaSettings, Settings, load_settings
 from producers.recorder import Recorder
 from tests.fix_procs import Processes, clean_env, cli, write_config
-from tests.test_stream import exact_lower_quantile
+from tests.oracles import exact_lower_quantile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e]
 

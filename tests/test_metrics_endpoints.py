@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 import textwrap
 import time
@@ -30,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraiseql_observability.config import KafkaSettings
 from tests.fix_kafka import produce
-from tests.fix_procs import Processes, cli, write_config
+from tests.fix_procs import Processes, cli, free_port, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
@@ -86,13 +85,6 @@ _API_PROCESS = textwrap.dedent("""
         time.sleep(0.1)
     recorder.close()
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _set_key(text: str, section: str, key: str, value: object) -> str:

@@ -40,8 +40,8 @@ from fraiseql_observability.sketch import DEFAULT_ALPHA
 from producers.recorder import Recorder
 from sinks.writer import RollupWriter
 from tests.fix_procs import Processes, clean_env, cli, write_config
+from tests.oracles import exact_lower_quantile
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
-from tests.test_stream import exact_lower_quantile
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = str(REPO / "scripts" / "stack")

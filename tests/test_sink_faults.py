@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from fraiseql_observability.codec import QUERY_ROLLUP, default_codec
 from fraiseql_observability.config import KafkaSettings
 from fraiseql_observability.kafka import ensure_topics
 from sinks.migrate import migrate
-from tests.fix_procs import Processes, cli, write_config
+from tests.fix_procs import Processes, cli, free_port, write_config
 from tests.test_sink import (
     MINUTE,
     as_url,
@@ -46,12 +45,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.fault, pytest
 STACK = Path(__file__).resolve().parent.parent / "scripts" / "stack"
 OUTAGE_SECS = 30.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class OwnPostgres:

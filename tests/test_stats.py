@@ -20,21 +20,10 @@ from analyzer.stats import (
 )
 from fraiseql_observability.sketch import DEFAULT_ALPHA, QuantileSketch
 from sinks.writer import RollupWriter
+from tests.oracles import exact_lower_quantile
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
 
 ALPHA = DEFAULT_ALPHA
-
-
-def exact_lower_quantile(pairs: list[tuple[float, float]], q: float) -> float:
-    """The smallest value whose cumulative weight reaches q × total (the sketch's definition)."""
-    ordered = sorted(pairs)
-    total = math.fsum(w for _, w in ordered)
-    running = 0.0
-    for value, weight in ordered:
-        running += weight
-        if running >= q * total:
-            return value
-    return ordered[-1][0]
 
 
 def utc(micros: int) -> datetime:

@@ -18,6 +18,7 @@ from fraiseql_observability.kafka import ensure_topics
 from fraiseql_observability.sketch import QuantileSketch
 from streams.worker import run_stream_loop
 from tests.fix_kafka import consume_all, produce
+from tests.oracles import exact_lower_quantile
 
 pytestmark = [pytest.mark.kafka]
 
@@ -45,18 +46,6 @@ def make_event(fingerprint: str, region: str, occurred_at: int, duration: float,
         "error": error,
         "sample_weight": weight,
     }
-
-
-def exact_lower_quantile(values: list[tuple[float, float]], q: float) -> float:
-    """Smallest value whose cumulative weight reaches q × total (the sketch's definition)."""
-    ordered = sorted(values)
-    total = sum(w for _, w in ordered)
-    running = 0.0
-    for value, weight in ordered:
-        running += weight
-        if running >= q * total:
-            return value
-    return ordered[-1][0]
 
 
 def stream_settings(kafka: KafkaSettings, **streams: Any) -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -37,7 +36,7 @@ from producers.table_stats import (
 from producers.workload import default_workload
 from sinks.records import TableStatsRow
 from tests.fix_kafka import consume_all
-from tests.fix_procs import Processes, clean_env, cli, write_config
+from tests.fix_procs import Processes, clean_env, cli, free_port, write_config
 
 ROWS = 8_000  # tv_order; 1,000 users, 400 products, 4,000 invoices
 
@@ -313,12 +312,6 @@ def test_published_records_reach_the_topic(app_db: str, kafka_settings: KafkaSet
     publish_table_stats(down, [])  # nothing to send: no broker needed
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _snapshots_ok(port: int) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
@@ -350,7 +343,7 @@ def test_cli_table_stats_once_and_periodic(app_db: str, kafka_settings: KafkaSet
                           check=False)
     assert bad.returncode == 2 and "--json-path" in bad.stderr
 
-    port = _free_port()
+    port = free_port()
     proc = processes.start("table-stats", cli(config, "table-stats", "--app-database", app_db,
                                               "--interval", "0.5", "--table", "tv_user",
                                               "--metrics-port", str(port)))

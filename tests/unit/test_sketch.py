@@ -16,6 +16,7 @@ from fraiseql_observability.sketch import (
     bucket_value,
     quantile_from_buckets,
 )
+from tests.oracles import exact_lower_quantile
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -27,18 +28,6 @@ quantiles = st.one_of(
     st.sampled_from([0.0, 0.5, 0.95, 0.99, 1.0]),
     st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
 )
-
-
-def exact_lower_quantile(pairs: list[tuple[float, int]], q: float) -> float:
-    """Oracle: the smallest value whose cumulative weight reaches q × total weight."""
-    total = float(sum(w for _, w in pairs))
-    target = q * total
-    running = 0
-    for value, weight in sorted(pairs):
-        running += weight
-        if running >= target:
-            return value
-    raise AssertionError("unreachable: the cumulative weight ends at the total")
 
 
 def sketch_of(pairs: list[tuple[float, int]], alpha: float = DEFAULT_ALPHA) -> QuantileSketch:
