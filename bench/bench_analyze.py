@@ -26,10 +26,11 @@ a 14-day (or 7-day) analysis reads whole hours from the hourly level and minute 
 ragged edges of its window (partition pruning skips the other days), so minute rows for the
 older days would not be read. ``--minute-days 14`` generates them all (~26M rows, slow) to check.
 
-Then times :func:`analyzer.analyze.run_analysis` in-process and ``fraiseql-cli analyze --format
+Then times :func:`fraiseql_obs_analyzer.analyze.run_analysis` in-process and ``fraiseql-cli analyze --format
 json`` end to end, for ``--window 30d`` (all 14 days) and ``7d``: once *cold* (every sketch bucket
 of the window merged from the rollups: ~38M buckets), then — after the scheduler's
-:func:`analyzer.cache.refresh_sketch_cache` built the per-day merged sketches (timed too) — *warm*
+:func:`fraiseql_obs_analyzer.cache.refresh_sketch_cache` built the per-day merged sketches (timed too) —
+*warm*
 (median of ``--repeat``), which is how analyses run in a deployment with the scheduler.
 """
 
@@ -52,10 +53,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from analyzer.analyze import AnalyzeOptions, run_analysis
-from analyzer.cache import refresh_sketch_cache
-from producers.fingerprint import fingerprint_sql
-from sinks.migrate import migrate
+from fraiseql_obs_analyzer.analyze import AnalyzeOptions, run_analysis
+from fraiseql_obs_analyzer.cache import refresh_sketch_cache
+from fraiseql_obs_producers.fingerprint import fingerprint_sql
+from fraiseql_obs_sinks.migrate import migrate
 
 EVENTS_PER_MINUTE = 6000.0  # 10,000 q/s × 1 % sampling × 60 s
 WEIGHT = 100.0  # 1 / sampling rate
@@ -230,7 +231,7 @@ def time_analysis(url: str, window: str, end: datetime, repeat: int) -> dict[str
     assert analysis is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAISEQL_")}
     began = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "fraiseql_observability.cli", "analyze",
+    out = subprocess.run([sys.executable, "-m", "fraiseql_obs_app.cli", "analyze",
                           "--database", url, "--window", window, "--format", "json",
                           "--end", end.isoformat()], capture_output=True, text=True, env=env,
                          check=True)

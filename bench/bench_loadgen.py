@@ -34,10 +34,10 @@ import psycopg
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from fraiseql_obs_producers.appdb import PLANTED_INDEX_SQL, create_demo_app_db
+from fraiseql_obs_producers.execute import ExecutionReport, configure_connection, run_real_workload
+from fraiseql_obs_producers.workload import PLANTED_QUERY, Workload, default_workload
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
-from producers.appdb import PLANTED_INDEX_SQL, create_demo_app_db
-from producers.execute import ExecutionReport, configure_connection, run_real_workload
-from producers.workload import PLANTED_QUERY, Workload, default_workload
 
 DB_NAME = "fraiseql_bench_appdb"
 
@@ -47,7 +47,7 @@ def _explain_ms(url: str, sql_text: str) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         configure_connection(conn)
         for n in range(5):
-            row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql_text,  # type: ignore[arg-type]
+            row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql_text,
                                (f"user{1 + 997 * n}@example.com", 20)).fetchone()
             assert row is not None
             times.append(float(row[0][0]["Execution Time"]))

@@ -30,10 +30,10 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from fraiseql_obs_producers.loadgen import generate_events, run_loadgen
+from fraiseql_obs_producers.recorder import Recorder
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
 from fraiseql_observability.kafka import wait_for_broker
-from producers.loadgen import generate_events, run_loadgen
-from producers.recorder import Recorder
 
 SQL = ("SELECT data FROM tv_order WHERE data->>'status' = $1 "
        "ORDER BY data->>'created_at' DESC LIMIT $2")

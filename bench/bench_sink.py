@@ -13,7 +13,7 @@ per minute of event time from ~1,000 Zipf-popular patterns, 2 regions, 6 source 
    batch is split into the minute upsert and the hourly refresh from PostgreSQL's own statement
    timing (``pg_stat_statements``, preloaded by scripts/stack) when available.
 2. **worker from Kafka** — every rollup encoded (Avro single-object) to a fresh 6-partition topic,
-   then one sink worker (:func:`sinks.worker.run_sink`, in this process, as ``fraiseql-cli
+   then one sink worker (:func:`fraiseql_obs_sinks.worker.run_sink`, in this process, as ``fraiseql-cli
    sink`` runs it) consumes, validates and writes them; rows/s from its first row to every
    offset committed (group join excluded), and end to end from start.
 
@@ -32,18 +32,19 @@ import uuid
 from typing import Any
 
 import psycopg
-from bench_storage import MICROS, MINUTE_US, reference_rollups
+from bench_storage import MINUTE_US, reference_rollups
 from confluent_kafka import Producer
 from psycopg import sql
 from pydantic import SecretStr
 
+from fraiseql_obs_sinks.migrate import migrate
+from fraiseql_obs_sinks.records import RollupRow
+from fraiseql_obs_sinks.worker import run_sink
+from fraiseql_obs_sinks.writer import RollupWriter
+from fraiseql_obs_streams.windowing import MICROS
 from fraiseql_observability.codec import QUERY_ROLLUP, default_codec
 from fraiseql_observability.config import DatabaseSettings, KafkaSettings, Settings, SinkSettings
 from fraiseql_observability.kafka import ensure_topics
-from sinks.migrate import migrate
-from sinks.records import RollupRow
-from sinks.worker import run_sink
-from sinks.writer import RollupWriter
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -9,7 +9,7 @@ by fingerprint over 6 source partitions. This script
 
 1. generates ``--minutes`` of event time of that load (latencies lognormal per pattern; slow
    queries and errors kept at weight 1, as the sampler does) and aggregates it with the stream
-   stage's own windowing code (:class:`streams.windowing.PartitionWindows`, one per partition):
+   stage's own windowing code (:class:`fraiseql_obs_streams.windowing.PartitionWindows`, one per partition):
    exactly the minute rollups the stream workers would publish;
 2. writes them, a minute of closed windows per batch, through the real :class:`RollupWriter`
    as a ``fraiseql_collector`` member into a freshly migrated database (minute rows, pattern
@@ -44,12 +44,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from analyzer.stats import pattern_stats, pattern_stats_at_level
+from fraiseql_obs_analyzer.stats import pattern_stats, pattern_stats_at_level
+from fraiseql_obs_sinks.migrate import migrate
+from fraiseql_obs_sinks.records import RollupRow
+from fraiseql_obs_sinks.writer import RollupWriter
+from fraiseql_obs_streams.windowing import MICROS, PartitionWindows
 from fraiseql_observability.sketch import DEFAULT_ALPHA
-from sinks.migrate import migrate
-from sinks.records import RollupRow
-from sinks.writer import RollupWriter
-from streams.windowing import MICROS, PartitionWindows
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOPIC = "fraiseql.query-events"

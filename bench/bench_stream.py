@@ -1,7 +1,7 @@
 """Stream throughput on this machine, all against the same topic of N realistic events:
 
 (a) the physical ceiling: a bare confluent-kafka consumer that only decodes the events, with the
-    fastest decoder we have (``streams.decoding``, the one the worker uses);
+    fastest decoder we have (``fraiseql_obs_streams.decoding``, the one the worker uses);
 (a0) the same with the generic fastavro codec, for reference;
 (b) our stream worker end to end (decode, validate, window, sketch, publish rollups, checkpoint);
 (c) the same windowed job written with quixstreams (tumbling event-time windows, per-key reduce
@@ -31,12 +31,12 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from fraiseql_obs_producers.loadgen import generate_events
+from fraiseql_obs_streams.decoding import QueryEventDecoder
 from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import KafkaSettings, Settings, StreamSettings
 from fraiseql_observability.kafka import ensure_topics
 from fraiseql_observability.sketch import QuantileSketch
-from producers.loadgen import generate_events
-from streams.decoding import QueryEventDecoder
 
 BOOTSTRAP = os.environ.get("FRAISEQL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 CODEC = default_codec()
@@ -88,8 +88,8 @@ def _bare(topic: str, n: int, decode: Callable[[bytes | None], Any]) -> float:
 
 
 def bench_ours(topic: str, n: int) -> float:
-    from streams import processor  # noqa: PLC0415
-    from streams.worker import run_stream_loop  # noqa: PLC0415
+    from fraiseql_obs_streams import processor  # noqa: PLC0415
+    from fraiseql_obs_streams.worker import run_stream_loop  # noqa: PLC0415
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     CREATED.extend((prefix + "rollups", prefix + "dead"))
@@ -120,7 +120,10 @@ def bench_quix(topic: str, n: int) -> float:
     from quixstreams import Application  # noqa: PLC0415
     from quixstreams.models.serializers import Deserializer  # noqa: PLC0415
 
-    class AvroEvents(Deserializer):  # type: ignore[misc]
+    class AvroEvents(Deserializer):
+        def __init__(self) -> None:
+            """Typed stand-in for quixstreams' unannotated ``Deserializer.__init__``, which does nothing."""
+
         def __call__(self, value: bytes, ctx: Any) -> Any:
             return CODEC.decode(value, QUERY_EVENT)
 

@@ -12,6 +12,7 @@ on the hot path (NOTES.md). Callers convert where they need a ``datetime``.
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import json
 from collections.abc import Mapping
@@ -22,8 +23,6 @@ from typing import Any, Final
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas import SCHEMA_DIR
-
 from .errors import DecodeError
 
 __all__ = [
@@ -31,11 +30,16 @@ __all__ = [
     "MAGIC",
     "QUERY_EVENT",
     "QUERY_ROLLUP",
+    "SCHEMA_DIR",
     "SUGGESTION",
     "TABLE_STATS",
     "Codec",
     "default_codec",
 ]
+
+# The *.avsc files are the repository's schemas/ folder, installed as the data-only package
+# fraiseql_obs_schemas (pyproject maps it): found by name, so this layer imports nothing of it.
+SCHEMA_DIR: Final = Path(str(importlib.resources.files("fraiseql_obs_schemas")))
 
 MAGIC: Final = b"\xc3\x01"
 HEADER_LEN: Final = 10

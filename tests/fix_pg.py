@@ -22,7 +22,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def _docker_engine_available() -> bool:
     try:
-        import docker  # noqa: PLC0415 - optional, only for the container path
+        import docker  # type: ignore[import-untyped]  # noqa: PLC0415 - optional, only for the container path
 
         docker.from_env(timeout=2).ping()
     except Exception:
@@ -68,7 +68,7 @@ def fresh_db_url(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def metrics_db(fresh_db_url: str) -> str:
     """A fresh database with the metrics schema migrated (superuser URL)."""
-    from sinks.migrate import migrate  # noqa: PLC0415 - the sink package owns the schema
+    from fraiseql_obs_sinks.migrate import migrate  # noqa: PLC0415 - the sink package owns the schema
 
     migrate(fresh_db_url)
     return fresh_db_url

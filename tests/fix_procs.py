@@ -69,7 +69,7 @@ def free_port() -> int:
 
 
 def cli(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "fraiseql_observability.cli", "--config", str(config), *args]
+    return [sys.executable, "-m", "fraiseql_obs_app.cli", "--config", str(config), *args]
 
 
 class Processes:

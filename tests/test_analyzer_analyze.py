@@ -1,5 +1,5 @@
 """``analyze`` against a real metrics database (rollups written by the real sink writer) and, for
-the SQL and HypoPG checks, a real application database built by ``producers.appdb``."""
+the SQL and HypoPG checks, a real application database built by ``fraiseql_obs_producers.appdb``."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from analyzer.analyze import AnalyzeOptions, run_analysis
-from analyzer.errors import AnalyzerUnavailable, ValidationUnavailable
-from analyzer.records import priority_for
-from analyzer.report import render_json, render_sql, render_text
-from fraiseql_observability.cli import main
+from fraiseql_obs_analyzer.analyze import AnalyzeOptions, run_analysis
+from fraiseql_obs_analyzer.errors import AnalyzerUnavailable, ValidationUnavailable
+from fraiseql_obs_analyzer.records import priority_for
+from fraiseql_obs_analyzer.report import render_json, render_sql, render_text
+from fraiseql_obs_app.cli import main
+from fraiseql_obs_producers.appdb import create_demo_app_db
+from fraiseql_obs_producers.workload import default_workload
 from fraiseql_observability.sketch import QuantileSketch
-from producers.appdb import create_demo_app_db
-from producers.workload import default_workload
 from tests.fix_pg import _with_dbname
 from tests.fix_procs import clean_env
 from tests.test_analyzer_helpers import (
@@ -123,7 +123,7 @@ def cli(*args: str, check: bool = False, stdin: str | None = None
 def _cli() -> list[str]:
     import sys  # noqa: PLC0415
 
-    return [sys.executable, "-m", "fraiseql_observability.cli"]
+    return [sys.executable, "-m", "fraiseql_obs_app.cli"]
 
 
 def test_planted_pattern_is_the_top_suggestion_with_exact_evidence(workload_db: tuple[str, int]
@@ -151,6 +151,7 @@ def test_planted_pattern_is_the_top_suggestion_with_exact_evidence(workload_db: 
         if record["query_name"] == PLANTED:
             for key, weight in zip(record["sketch_keys"], record["sketch_weights"], strict=True):
                 sketch.buckets[key] = sketch.buckets.get(key, 0.0) + weight
+    assert top.impact.current_p95_ms is not None
     assert top.impact.current_p95_ms == pytest.approx(sketch.quantile(0.95), rel=1e-9)
     assert top.impact.projected_p95_ms is not None
     assert top.impact.projected_p95_ms < top.impact.current_p95_ms / 5

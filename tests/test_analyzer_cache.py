@@ -9,11 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 import pytest
 
-from analyzer.analyze import AnalyzeOptions, run_analysis
-from analyzer.cache import refresh_sketch_cache, split_window
-from analyzer.errors import AnalyzerError
-from analyzer.evidence import Sketch, load_sketches
-from analyzer.report import analysis_document
+from fraiseql_obs_analyzer.analyze import AnalyzeOptions, run_analysis
+from fraiseql_obs_analyzer.cache import refresh_sketch_cache, split_window
+from fraiseql_obs_analyzer.errors import AnalyzerError
+from fraiseql_obs_analyzer.evidence import Sketch, load_sketches
+from fraiseql_obs_analyzer.report import analysis_document
 from tests.test_analyzer_analyze import core_loads, demo_table_stats
 from tests.test_analyzer_helpers import MINUTE, PatternLoad, rollup_records, seed_metrics
 from tests.test_sink import role_url

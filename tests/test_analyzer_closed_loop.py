@@ -1,6 +1,6 @@
 """Issue 6's "done means", end to end on the demo application database, through real processes:
 
-real queries (``producers.execute``) → recorder → Kafka → ``fraiseql-cli stream`` → Kafka →
+real queries (``fraiseql_obs_producers.execute``) → recorder → Kafka → ``fraiseql-cli stream`` → Kafka →
 ``fraiseql-cli sink`` → metrics PostgreSQL (and table statistics through ``fraiseql.table-stats``)
 → ``fraiseql-cli analyze --validate-with`` (HypoPG) → the top suggestion's SQL applied with psql →
 the same load again → measured p95 before/after versus the estimate.
@@ -21,10 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from fraiseql_obs_producers.execute import ExecutionReport, run_real_workload
+from fraiseql_obs_producers.table_stats import publish_table_stats, snapshot_table_stats, workload_json_paths
+from fraiseql_obs_producers.workload import PLANTED_PATH, Workload, default_workload
 from fraiseql_observability.config import KafkaSettings, Settings, load_settings
-from producers.execute import ExecutionReport, run_real_workload
-from producers.table_stats import publish_table_stats, snapshot_table_stats, workload_json_paths
-from producers.workload import PLANTED_PATH, Workload, default_workload
 from tests.fix_procs import Processes, clean_env, cli, write_config
 from tests.test_analyzer_analyze import app_database
 

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fraiseql_obs_producers.fingerprint import fingerprint_sql
+from fraiseql_obs_sinks.writer import RollupWriter
+from fraiseql_obs_streams.windowing import rollup_id
 from fraiseql_observability.sketch import DEFAULT_ALPHA, QuantileSketch
-from producers.fingerprint import fingerprint_sql
-from sinks.writer import RollupWriter
-from streams.windowing import rollup_id
 
 MICROS = 1_000_000
 MINUTE = 60 * MICROS

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from analyzer.errors import AnalyzerError
-from analyzer.metrics import HIGH_PRIORITY
-from analyzer.schedule import next_run, run_once
-from analyzer.store import store_run
+from fraiseql_obs_analyzer.errors import AnalyzerError
+from fraiseql_obs_analyzer.metrics import HIGH_PRIORITY
+from fraiseql_obs_analyzer.schedule import next_run, run_once
+from fraiseql_obs_analyzer.store import store_run
 from fraiseql_observability.codec import SUGGESTION, default_codec
 from fraiseql_observability.config import KafkaSettings, load_settings
 from tests.fix_kafka import consume_all

@@ -1,4 +1,4 @@
-"""producers.appdb: the demo application database, on the real PostgreSQL of scripts/stack."""
+"""fraiseql_obs_producers.appdb: the demo application database, on the real PostgreSQL of scripts/stack."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from producers.appdb import PLANTED_INDEX_SQL, AppDbError, create_demo_app_db
-from producers.execute import bind_arguments, configure_connection
-from producers.workload import (
+from fraiseql_obs_producers.appdb import PLANTED_INDEX_SQL, AppDbError, create_demo_app_db
+from fraiseql_obs_producers.execute import bind_arguments, configure_connection
+from fraiseql_obs_producers.workload import (
     PLANTED_QUERY,
     VIEWS,
     default_workload,
@@ -88,7 +88,7 @@ def test_tables_sizes_and_indexes(demo_db: str) -> None:
 
 
 def _run(conn: psycopg.Connection[Any], query: str, args: tuple[object, ...]) -> int:
-    return len(conn.execute(query, bind_arguments(args)).fetchall())  # type: ignore[arg-type]
+    return len(conn.execute(query, bind_arguments(args)).fetchall())
 
 
 def test_every_workload_pattern_executes(demo_db: str) -> None:
@@ -124,8 +124,9 @@ def test_every_workload_pattern_executes(demo_db: str) -> None:
 
 def _explain(conn: psycopg.Connection[Any], email: str) -> tuple[float, str]:
     """(execution ms, node type under the Limit) of the planted query, measured by EXPLAIN ANALYZE."""
-    plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + PLANTED_SQL,  # type: ignore[arg-type]
-                        (email, 20)).fetchone()[0][0]  # type: ignore[index]
+    row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + PLANTED_SQL, (email, 20)).fetchone()
+    assert row is not None
+    plan = row[0][0]
     return float(plan["Execution Time"]), plan["Plan"]["Plans"][0]["Node Type"]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fraiseql_observability.cli import build_parser, main
+from fraiseql_obs_app.cli import build_parser, main
 from tests.fix_procs import clean_env
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -48,7 +48,7 @@ def test_invalid_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[observability]\nsample_rate = 1.5\n[observability.database]\n'
                       'url = "postgresql://app:hunter2secret@db/metrics"\n')
-    out = subprocess.run([sys.executable, "-m", "fraiseql_observability.cli", "--config", str(config),
+    out = subprocess.run([sys.executable, "-m", "fraiseql_obs_app.cli", "--config", str(config),
                           "stats"], capture_output=True, text=True, env=clean_env(), check=False)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -60,7 +60,7 @@ def test_invalid_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_unreachable_database_exits_1_without_leaking_the_password() -> None:
     url = "postgresql://app:hunter2secret@127.0.0.1:1/metrics"
     env = {**clean_env(), "FRAISEQL_METRICS_DB_TIMEOUT_SECS": "2"}
-    out = subprocess.run([sys.executable, "-m", "fraiseql_observability.cli", "stats", "--database", url],
+    out = subprocess.run([sys.executable, "-m", "fraiseql_obs_app.cli", "stats", "--database", url],
                          capture_output=True, text=True, env=env, check=False, timeout=60)
     assert out.returncode == 1, out.stderr
     assert "hunter2secret" not in out.stderr + out.stdout
@@ -68,6 +68,6 @@ def test_unreachable_database_exits_1_without_leaking_the_password() -> None:
 
 
 def test_usage_error_exits_2() -> None:
-    out = subprocess.run([sys.executable, "-m", "fraiseql_observability.cli", "stats", "--window", "2w"],
+    out = subprocess.run([sys.executable, "-m", "fraiseql_obs_app.cli", "stats", "--window", "2w"],
                          capture_output=True, text=True, env=clean_env(), check=False)
     assert out.returncode == 2

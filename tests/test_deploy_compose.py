@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fraiseql_observability.cli import build_parser
+from fraiseql_obs_app.cli import build_parser
 from fraiseql_observability.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from fraiseql_observability.cli import build_parser
+from fraiseql_obs_app.cli import build_parser
 from fraiseql_observability.config import load_settings
 from tests.fix_procs import clean_env
 

@@ -4,7 +4,7 @@
   installed by scripts/bootstrap); each alert's tests are shown to be able to fail by mutating the
   alert into "never fires" and "always fires".
 * Every SQL query of the dashboards runs, as the read-only ``fraiseql_analyst``, against a real
-  migrated metrics database, and the latency table gives the numbers of ``analyzer.stats``.
+  migrated metrics database, and the latency table gives the numbers of ``fraiseql_obs_analyzer.stats``.
 * Every PromQL expression of the dashboards is run against a real Prometheus that scraped the
   running pipeline (1 s scrape interval): each succeeds and returns data.
 """
@@ -29,9 +29,9 @@ import psycopg
 import pytest
 import yaml
 
-from analyzer.stats import pattern_stats, pattern_stats_at_level
+from fraiseql_obs_analyzer.stats import pattern_stats, pattern_stats_at_level
+from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_observability.config import KafkaSettings
-from sinks.writer import RollupWriter
 from tests.fix_procs import Processes, free_port
 from tests.test_metrics_endpoints import (
     REPO,

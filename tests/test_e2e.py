@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from fraiseql_obs_producers.recorder import Recorder
 from fraiseql_observability.config import KafkaSettings, Settings, load_settings
-from producers.recorder import Recorder
 from tests.fix_procs import Processes, clean_env, cli, write_config
 from tests.oracles import exact_lower_quantile
 

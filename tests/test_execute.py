@@ -1,4 +1,4 @@
-"""producers.execute: real queries against the demo database, recorded to the real Kafka."""
+"""fraiseql_obs_producers.execute: real queries against the demo database, recorded to the real Kafka."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
+from fraiseql_obs_producers.appdb import create_demo_app_db
+from fraiseql_obs_producers.errors import LoadgenError
+from fraiseql_obs_producers.execute import ExecutionError, QueryExecution, nearest_rank, run_real_workload
+from fraiseql_obs_producers.fingerprint import fingerprint_sql
+from fraiseql_obs_producers.loadgen import weighted_quantile
+from fraiseql_obs_producers.workload import Workload, default_workload
 from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
-from producers.appdb import create_demo_app_db
-from producers.errors import LoadgenError
-from producers.execute import ExecutionError, QueryExecution, nearest_rank, run_real_workload
-from producers.fingerprint import fingerprint_sql
-from producers.loadgen import weighted_quantile
-from producers.workload import Workload, default_workload
 from tests.fix_kafka import consume_all
 from tests.fix_procs import clean_env, cli, write_config
 
@@ -187,7 +187,7 @@ def test_duration_mode_and_bad_arguments(app_db: str, fresh_db_url: str,
     for kwargs in ({"count": 5, "concurrency": 0}, {}, {"count": -1},
                    {"duration": 0.0}, {"count": 1, "statement_timeout_ms": -5}):
         with pytest.raises(LoadgenError):
-            run_real_workload(settings, app_db, **kwargs)  # type: ignore[arg-type]
+            run_real_workload(settings, app_db, **kwargs)
     with pytest.raises(ExecutionError, match="no tv_invoice, tv_order, tv_product, tv_user"):
         run_real_workload(settings, fresh_db_url, count=1)
     with pytest.raises(ExecutionError) as info:

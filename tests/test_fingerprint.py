@@ -1,4 +1,4 @@
-"""producers.fingerprint: same SQL shape -> same fingerprint; different shape -> different."""
+"""fraiseql_obs_producers.fingerprint: same SQL shape -> same fingerprint; different shape -> different."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import time
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from producers.fingerprint import fingerprint_sql, jsonb_path_keys
-from producers.workload import default_workload
-from streams.validation import invalid_reason
+from fraiseql_obs_producers.fingerprint import fingerprint_sql, jsonb_path_keys
+from fraiseql_obs_producers.workload import default_workload
+from fraiseql_obs_streams.validation import invalid_reason
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 SHAPES = [p.sql for p in default_workload().patterns]
 
 
 def _valid_for_stream(fingerprint: str) -> bool:
-    """The stream worker's own fingerprint rule (streams/validation.py)."""
+    """The stream worker's own fingerprint rule (streams/fraiseql_obs_streams/validation.py)."""
     event = {
         "execution_time_ms": 1.0, "sql_generation_time_ms": 0.0, "db_round_trip_time_ms": 0.0,
         "projection_time_ms": 0.0, "sample_weight": 1.0, "rows_returned": 0,

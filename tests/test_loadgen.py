@@ -1,4 +1,5 @@
-"""producers.workload and producers.loadgen: valid events, a sound sampling model, real runs."""
+"""fraiseql_obs_producers.workload and fraiseql_obs_producers.loadgen: valid events, a sound sampling
+model, real runs."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from fraiseql_obs_producers.encoding import QueryEventEncoder
+from fraiseql_obs_producers.errors import LoadgenError
+from fraiseql_obs_producers.fingerprint import fingerprint_sql
+from fraiseql_obs_producers.loadgen import EventModel, generate_events, run_loadgen, weighted_quantile
+from fraiseql_obs_producers.workload import DEFAULT_REGIONS, VIEWS, default_workload
+from fraiseql_obs_streams.validation import invalid_reason
 from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
-from producers.encoding import QueryEventEncoder
-from producers.errors import LoadgenError
-from producers.fingerprint import fingerprint_sql
-from producers.loadgen import EventModel, generate_events, run_loadgen, weighted_quantile
-from producers.workload import DEFAULT_REGIONS, VIEWS, default_workload
-from streams.validation import invalid_reason
 
 HOUR_US = 3_600_000_000
 START_US = 1_740_000_000_000_000

@@ -57,7 +57,7 @@ _METRIC_NAME = re.compile(r"(?<![\w:\"'.-])(fraiseql_[a-z0-9_]+)\b")
 _API_PROCESS = textwrap.dedent("""
     import random, signal, sys, time
     from fraiseql_observability.config import load_settings
-    from producers.recorder import Recorder
+    from fraiseql_obs_producers.recorder import Recorder
 
     settings = load_settings(sys.argv[1], environ={})
     stopping = []

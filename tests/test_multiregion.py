@@ -34,11 +34,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from analyzer.stats import ALL_REGIONS, StatsLevel, pattern_stats, pattern_stats_all_regions
+from fraiseql_obs_analyzer.stats import ALL_REGIONS, StatsLevel, pattern_stats, pattern_stats_all_regions
+from fraiseql_obs_producers.recorder import Recorder
+from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_observability.config import KafkaSettings, Settings, load_settings
 from fraiseql_observability.sketch import DEFAULT_ALPHA
-from producers.recorder import Recorder
-from sinks.writer import RollupWriter
 from tests.fix_procs import Processes, clean_env, cli, write_config
 from tests.oracles import exact_lower_quantile
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
@@ -264,7 +264,7 @@ def test_regions_mirrored_to_central_are_counted_exactly(
                 tmp_path / f"{alias}.toml",
                 kafka_settings.model_copy(update={"bootstrap_servers": bootstrap}),
                 metrics_db, sample_rate=rate, region=f"{alias}-1", grace_secs=300), environ={})
-            medians = {name: spec[1 + index % 2] for name, spec in PATTERNS.items()}
+            medians = {name: spec[2] if index % 2 else spec[1] for name, spec in PATTERNS.items()}
             regions.append((f"{alias}.{regional_topic}", region_settings, medians))
         wave_us = 10 * 60 * MICROS
         kept: list[dict[str, Any]] = []

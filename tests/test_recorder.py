@@ -1,4 +1,4 @@
-"""producers.recorder against the real broker, plus the encoder it relies on."""
+"""fraiseql_obs_producers.recorder against the real broker, plus the encoder it relies on."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from fraiseql_obs_producers.encoding import QUERY_EVENT_FIELDS, EventIdFactory, QueryEventEncoder
+from fraiseql_obs_producers.fingerprint import fingerprint_sql
+from fraiseql_obs_producers.recorder import Recorder
 from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
-from producers.encoding import QUERY_EVENT_FIELDS, EventIdFactory, QueryEventEncoder
-from producers.fingerprint import fingerprint_sql
-from producers.recorder import Recorder
 
 SQL_STATUS = ("SELECT data FROM tv_order WHERE data->>'status' = $1 "
               "ORDER BY data->>'created_at' DESC LIMIT $2")

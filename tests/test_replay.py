@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from fraiseql_obs_streams.replay import ReplayProgress, replay
 from fraiseql_observability.codec import QUERY_EVENT, QUERY_ROLLUP, default_codec
 from fraiseql_observability.config import KafkaSettings, Settings
 from fraiseql_observability.kafka import ensure_topics
-from streams.replay import ReplayProgress, replay
 from tests.fix_kafka import consume_all
 from tests.fix_procs import clean_env, cli, write_config
 from tests.test_stream import Worker, make_event, stream_settings

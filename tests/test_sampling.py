@@ -1,4 +1,4 @@
-"""producers.sampling: keep/drop rule, weights, and unbiased estimates from 1 % samples."""
+"""fraiseql_obs_producers.sampling: keep/drop rule, weights, and unbiased estimates from 1 % samples."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections import defaultdict
 
 import pytest
 
+from fraiseql_obs_producers.errors import ProducerError
+from fraiseql_obs_producers.loadgen import weighted_quantile
+from fraiseql_obs_producers.recorder import Recorder
+from fraiseql_obs_producers.sampling import Sampler
 from fraiseql_observability.config import MetricsSettings, Settings
-from producers.errors import ProducerError
-from producers.loadgen import weighted_quantile
-from producers.recorder import Recorder
-from producers.sampling import Sampler
 
 
 def test_rule_and_weights() -> None:

@@ -22,16 +22,16 @@ from prometheus_client import REGISTRY
 from psycopg import sql
 from pydantic import SecretStr
 
+from fraiseql_obs_sinks.errors import InvalidRecord, WriteFailed
+from fraiseql_obs_sinks.records import DEFAULT_LIMITS, RollupRow, TableStatsRow
+from fraiseql_obs_sinks.retention import drop_expired_partitions
+from fraiseql_obs_sinks.worker import run_sink
+from fraiseql_obs_sinks.writer import RollupWriter
+from fraiseql_obs_streams.windowing import rollup_id
 from fraiseql_observability.codec import DEAD_LETTER, QUERY_ROLLUP, TABLE_STATS, default_codec
 from fraiseql_observability.config import DatabaseSettings, KafkaSettings, Settings, SinkSettings
 from fraiseql_observability.kafka import ensure_topics
 from fraiseql_observability.sketch import DEFAULT_ALPHA, QuantileSketch
-from sinks.errors import InvalidRecord, WriteFailed
-from sinks.records import DEFAULT_LIMITS, RollupRow, TableStatsRow
-from sinks.retention import drop_expired_partitions
-from sinks.worker import run_sink
-from sinks.writer import RollupWriter
-from streams.windowing import rollup_id
 
 MICROS = 1_000_000
 MINUTE = 60 * MICROS
@@ -550,9 +550,9 @@ class TcpProxy:
 def test_sink_waits_for_the_database_and_never_commits_unwritten(
     metrics_db: str, kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sinks.worker.LAG_INTERVAL_SECS", 0.3)
+    monkeypatch.setattr("fraiseql_obs_sinks.worker.LAG_INTERVAL_SECS", 0.3)
     info = psycopg.conninfo.conninfo_to_dict(metrics_db)
-    proxy = TcpProxy((str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))))
+    proxy = TcpProxy((str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))))
     proxied = psycopg.conninfo.make_conninfo(metrics_db, host="127.0.0.1", port=str(proxy.port))
     settings = sink_settings(kafka_settings, proxied, timeout_secs=1.0)
     group, topic = settings.sinks.group_id, kafka_settings.rollups_topic
@@ -717,7 +717,7 @@ def test_revoke_during_retry_drops_that_partition_and_commits_the_rest() -> None
     consumer = _ScriptedConsumer(topic, ["assign", messages, ("revoke", 1)])
     writer = _FlakyWriter(failures=1)
     stop = threading.Event()
-    from sinks.worker import SinkWorker  # noqa: PLC0415 - only this test drives the class
+    from fraiseql_obs_sinks.worker import SinkWorker  # noqa: PLC0415 - only this test drives the class
 
     worker = SinkWorker(settings, consumer, Producer({"bootstrap.servers": "127.0.0.1:1"}),
                         writer, stop=stop)  # type: ignore[arg-type]
@@ -744,7 +744,7 @@ def test_stop_during_retry_never_commits_past_the_dropped_batch() -> None:
                                                     _Msg(topic, 0, 1, encoded[1])],
                                          [_Msg(topic, 0, 2, encoded[2])]])
     writer = _FlakyWriter(failures=1000)
-    from sinks.worker import SinkWorker  # noqa: PLC0415
+    from fraiseql_obs_sinks.worker import SinkWorker  # noqa: PLC0415
 
     worker = SinkWorker(settings, consumer, Producer({"bootstrap.servers": "127.0.0.1:1"}),
                         writer, stop=stop)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """The hourly roll-up level: exact, idempotent under re-delivery/reordering/late rollups, safe under
-concurrent sinks, and read by ``analyzer.stats`` for long periods with the minute level's results.
+concurrent sinks, and read by ``fraiseql_obs_analyzer.stats`` for long periods with the minute level's
+results.
 
 The pure logic (which cell a window belongs to, how a period splits between the levels) is checked
 with hypothesis; everything else against the real PostgreSQL.
@@ -20,16 +21,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyzer.stats import (
+from fraiseql_obs_analyzer.stats import (
     HOURLY_LEVEL_FROM,
     choose_level,
     closed_rollups_query,
     pattern_stats,
     pattern_stats_at_level,
 )
-from fraiseql_observability.sketch import QuantileSketch
-from sinks.records import RollupRow
-from sinks.writer import (
+from fraiseql_obs_sinks.records import RollupRow
+from fraiseql_obs_sinks.writer import (
     _REFRESH_HOURLY,
     _UPSERT_ROLLUPS,
     HOUR,
@@ -39,6 +39,7 @@ from sinks.writer import (
     hour_start,
     hourly_cells,
 )
+from fraiseql_observability.sketch import QuantileSketch
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
 
 HOUR_US = 3600 * MICROS

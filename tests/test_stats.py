@@ -1,4 +1,5 @@
-"""``analyzer.stats``: weighted counts and sketch-merged percentiles from the metrics database."""
+"""``fraiseql_obs_analyzer.stats``: weighted counts and sketch-merged percentiles from the metrics
+database."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from analyzer.stats import (
+from fraiseql_obs_analyzer.stats import (
     PatternStats,
     StatsReport,
     merge_sketches,
@@ -18,8 +19,8 @@ from analyzer.stats import (
     render_stats_json,
     render_stats_text,
 )
+from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_observability.sketch import DEFAULT_ALPHA, QuantileSketch
-from sinks.writer import RollupWriter
 from tests.oracles import exact_lower_quantile
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from fraiseql_obs_streams.worker import run_stream_loop
 from fraiseql_observability.codec import DEAD_LETTER, QUERY_EVENT, QUERY_ROLLUP, default_codec
 from fraiseql_observability.config import KafkaSettings, Settings, StreamSettings
 from fraiseql_observability.kafka import ensure_topics
 from fraiseql_observability.sketch import QuantileSketch
-from streams.worker import run_stream_loop
 from tests.fix_kafka import consume_all, produce
 from tests.oracles import exact_lower_quantile
 

@@ -1,4 +1,5 @@
-"""producers.table_stats: catalogue snapshots of the real PostgreSQL, published to the real Kafka."""
+"""fraiseql_obs_producers.table_stats: catalogue snapshots of the real PostgreSQL, published to the real
+Kafka."""
 
 from __future__ import annotations
 
@@ -19,11 +20,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from fraiseql_observability.codec import TABLE_STATS, default_codec
-from fraiseql_observability.config import KafkaSettings, Settings
-from fraiseql_observability.errors import FraiseqlError
-from producers.appdb import PLANTED_INDEX_SQL, create_demo_app_db
-from producers.table_stats import (
+from fraiseql_obs_producers.appdb import PLANTED_INDEX_SQL, create_demo_app_db
+from fraiseql_obs_producers.table_stats import (
     JsonPath,
     TableStatsError,
     estimate_n_distinct,
@@ -33,8 +31,11 @@ from producers.table_stats import (
     snapshot_table_stats,
     workload_json_paths,
 )
-from producers.workload import default_workload
-from sinks.records import TableStatsRow
+from fraiseql_obs_producers.workload import default_workload
+from fraiseql_obs_sinks.records import TableStatsRow
+from fraiseql_observability.codec import TABLE_STATS, default_codec
+from fraiseql_observability.config import KafkaSettings, Settings
+from fraiseql_observability.errors import FraiseqlError
 from tests.fix_kafka import consume_all
 from tests.fix_procs import Processes, clean_env, cli, free_port, write_config
 
@@ -142,7 +143,7 @@ def app_db(pg_admin_url: str) -> Iterator[str]:
 
 def _one(url: str, query: str, *params: Any) -> Any:
     with psycopg.connect(url) as conn:
-        row = conn.execute(query, params or None).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, params or None).fetchone()
         assert row is not None
         return row[0] if len(row) == 1 else row
 

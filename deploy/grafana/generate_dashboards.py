@@ -17,7 +17,7 @@ Where each number comes from:
   per-pattern latency (a label per SQL fingerprint would be unbounded cardinality, and the code
   exports none); the rollups hold a mergeable sketch per pattern, region and minute, and a
   percentile over any period must come from merging them, never from averaging percentiles
-  (SPEC §6). The SQL below merges them in PostgreSQL exactly like analyzer/stats.py (bucket
+  (SPEC §6). The SQL below merges them in PostgreSQL exactly like fraiseql_obs_analyzer.stats (bucket
   weights summed per key; sketches of different accuracy re-keyed into the coarsest one), then
   reads the weighted lower quantile with the rule of fraiseql_observability/sketch.py.
   The datasource should log in as a member of ``fraiseql_analyst`` (read only).
@@ -53,7 +53,7 @@ _ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 _COLUMNS = ("fingerprint, region, count, error_count, exec_sum_ms, sketch_alpha, sketch_keys, "
             "sketch_weights")
 
-# The closed windows inside the dashboard's time range, as analyzer/stats.py reads them: from the
+# The closed windows inside the dashboard's time range, as fraiseql_obs_analyzer.stats reads them: from the
 # minute rollups, or — for periods of 6 hours or more (stats.HOURLY_LEVEL_FROM) — whole hours from
 # fraiseql_metrics.rollups_hourly plus the minute windows of the ragged edges and those crossing
 # an hour boundary. The hourly level matters twice: a week is ~170 rows per pattern and region
@@ -135,7 +135,7 @@ totals AS (
     GROUP BY {group}
 ),
 -- Sketch buckets of every window, re-keyed into the coarsest alpha of the group when accuracies
--- differ (analyzer/stats.py merge_sketches), then merged: weights summed per bucket key.
+-- differ (fraiseql_obs_analyzer.stats merge_sketches), then merged: weights summed per bucket key.
 buckets AS (
     SELECT {', '.join('c.' + g.strip() for g in group.split(','))}, b.weight,
            CASE WHEN b.key = {ZERO_KEY} OR c.sketch_alpha = t.alpha THEN b.key

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analyzer import costmodel as cm
-from analyzer.diff import diff_documents, load_document, render_diff_json, render_diff_text
-from analyzer.evidence import Sketch, merged_quantile
-from analyzer.hypo import corrected_costs, explainable, summarize
-from analyzer.records import priority_for
-from analyzer.sqlshape import KeyExpr, parse_query_shape
+from fraiseql_obs_analyzer import costmodel as cm
+from fraiseql_obs_analyzer.diff import diff_documents, load_document, render_diff_json, render_diff_text
+from fraiseql_obs_analyzer.evidence import Sketch, merged_quantile
+from fraiseql_obs_analyzer.hypo import corrected_costs, explainable, summarize
+from fraiseql_obs_analyzer.records import priority_for
+from fraiseql_obs_analyzer.sqlshape import KeyExpr, parse_query_shape
 from fraiseql_observability.errors import ConfigError
 from fraiseql_observability.sketch import QuantileSketch
 
@@ -165,12 +165,17 @@ def test_only_plain_selects_with_known_functions_are_planned() -> None:
     assert explainable(parse_query_shape("SELECT * FROM t FOR UPDATE")) is not None
 
 
+def _sketch(source: QuantileSketch) -> Sketch:
+    keys, weights = source.to_arrays()
+    return Sketch(0.01, tuple(keys), tuple(weights))
+
+
 def test_merged_quantiles_merge_buckets_and_scale() -> None:
     slow, fast = QuantileSketch(), QuantileSketch()
     for i in range(1, 101):
         slow.add(100.0 + i, 1.0)
         fast.add(1.0, 3.0)
-    a, b = Sketch(0.01, *map(tuple, slow.to_arrays())), Sketch(0.01, *map(tuple, fast.to_arrays()))
+    a, b = _sketch(slow), _sketch(fast)
     together = merged_quantile([(a, 1.0), (b, 1.0)], 0.95)
     assert together is not None and together == pytest.approx(181, rel=0.02)
     halved = merged_quantile([(a, 10.0), (b, 1.0)], 0.95)

@@ -1,4 +1,4 @@
-"""``analyzer.sqlgen``: migrations that parse and name exactly the intended objects, whatever the
+"""``fraiseql_obs_analyzer.sqlgen``: migrations that parse and name exactly the intended objects, whatever the
 names hold (quotes, semicolons, newlines, dollar signs, Unicode)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pglast import ast
 from psycopg import sql
 
-from analyzer.sqlgen import (
+from fraiseql_obs_analyzer.sqlgen import (
     MAX_IDENTIFIER_BYTES,
     add_index_sql,
     comment,
@@ -22,12 +22,12 @@ from analyzer.sqlgen import (
     materialize_view_sql,
     object_name,
 )
-from analyzer.sqlshape import KeyExpr, parse_index_definition, parse_query_shape
+from fraiseql_obs_analyzer.sqlshape import KeyExpr, parse_index_definition, parse_query_shape
 
 # Everything PostgreSQL can store in a name or a JSON key (no NUL), with the nasty bits likely.
 nasty = st.sampled_from(['"', "'", ";", "\n", "\r", "$", "$fraiseql$", "--", "/*", "*/", "\\",
                          " ", "é", "名", "\u2028", "DROP TABLE x;"])
-names = st.lists(st.one_of(nasty, st.text(st.characters(blacklist_categories=("Cs",),
+names = st.lists(st.one_of(nasty, st.text(st.characters(blacklist_categories=["Cs"],
                                                          blacklist_characters="\x00"),
                                           max_size=4)), min_size=1, max_size=4).map("".join).filter(
     # What PostgreSQL can hold in a name: non-empty, at most 63 bytes.
@@ -46,7 +46,8 @@ def statements(script: str) -> list[Any]:
     return [raw.stmt for raw in pglast.parse_sql(script)]
 
 
-def relation(node: ast.RangeVar) -> tuple[str | None, str]:
+def relation(node: ast.RangeVar | None) -> tuple[str | None, str | None]:
+    assert node is not None
     return node.schemaname, node.relname
 
 
@@ -91,10 +92,11 @@ def test_add_index_names_exactly_its_objects(schema: str, table: str, path: tupl
     assert relation(create.relation) == (schema, table)
     indexed = parse_index_definition(pglast.stream.RawStream()(create))
     assert indexed.keys == (key, KeyExpr("id"))
-    assert isinstance(analyze, ast.VacuumStmt)
+    assert isinstance(analyze, ast.VacuumStmt) and analyze.rels is not None
     assert relation(analyze.rels[0].relation) == (schema, table)
     [drop] = statements(uncomment(script, "-- Rollback:"))
     assert isinstance(drop, ast.DropStmt) and drop.concurrent
+    assert drop.objects is not None
     assert [n.sval for n in drop.objects[0]] == [schema, index_name]
 
 
@@ -126,6 +128,7 @@ def test_denormalize_names_exactly_its_objects(schema: str, table: str, path: tu
     [update] = plpgsql_queries(body_of(backfill.args))
     assert isinstance(update, ast.UpdateStmt)
     assert relation(update.relation) == (schema, table)
+    assert update.targetList is not None
     assert [t.name for t in update.targetList] == [column]
     # The value written is exactly the path's expression (cast to the column type if needed).
     written = parse_query_shape("SELECT " + pglast.stream.RawStream()(update.targetList[0].val))
@@ -156,14 +159,16 @@ def plpgsql_assignments(body: str) -> list[str]:
 @settings(max_examples=100, deadline=None)
 @given(names, names, names)
 def test_drop_index_and_its_commented_recreation(schema: str, table: str, name: str) -> None:
-    definition = pglast.stream.RawStream()(pglast.parse_sql(
-        "CREATE INDEX x ON t ((data ->> 'k'))")[0].stmt)
+    original = pglast.parse_sql("CREATE INDEX x ON t ((data ->> 'k'))")[0].stmt
+    assert original is not None
+    definition = pglast.stream.RawStream()(original)
     tree = parse_index_definition(definition).tree
     tree.idxname = name
     tree.relation.schemaname, tree.relation.relname = schema, table
     script = drop_index_sql(schema, name, tree, header=[name])
     [drop] = statements(script)
     assert isinstance(drop, ast.DropStmt) and drop.concurrent
+    assert drop.objects is not None
     assert [n.sval for n in drop.objects[0]] == [schema, name]
     [create] = statements(uncomment(script, "-- Rollback (recreate it):"))
     assert isinstance(create, ast.IndexStmt) and create.concurrent
@@ -177,11 +182,13 @@ def test_materialized_view_names_exactly_its_objects(schema: str, view: str,
     query = pglast.parse_sql(
         "SELECT data->>'region' AS region, count(*) AS n FROM tv_order GROUP BY data->>'region'"
     )[0].stmt
+    assert isinstance(query, ast.SelectStmt)
     script = materialize_view_sql(schema, view, query, columns, columns[:1], index_name=key,
                                   header=[view])
     create, index, _ = statements(script)
-    assert isinstance(create, ast.CreateTableAsStmt)
+    assert isinstance(create, ast.CreateTableAsStmt) and create.into is not None
     assert relation(create.into.rel) == (schema, view)
+    assert create.into.colNames is not None
     assert [c.sval for c in create.into.colNames] == columns
     assert isinstance(index, ast.IndexStmt) and index.unique and index.idxname == key
     assert relation(index.relation) == (schema, view)

@@ -1,4 +1,4 @@
-"""``analyzer.sqlshape``: what FraiseQL-style SQL reads and how, parsed with pglast."""
+"""``fraiseql_obs_analyzer.sqlshape``: what FraiseQL-style SQL reads and how, parsed with pglast."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import pglast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pglast import ast
 
-from analyzer.errors import UnsupportedSql
-from analyzer.sqlshape import (
+from fraiseql_obs_analyzer.errors import UnsupportedSql
+from fraiseql_obs_analyzer.sqlshape import (
     CAST_TYPES,
     KeyExpr,
     Limit,
@@ -18,7 +19,7 @@ from analyzer.sqlshape import (
     parse_pg_array_literal,
     parse_query_shape,
 )
-from producers.workload import default_workload
+from fraiseql_obs_producers.workload import default_workload
 
 ORDER = Relation(None, "tv_order")
 
@@ -196,7 +197,7 @@ def test_pg_array_literals() -> None:
         assert parse_pg_array_literal(bad) is None, bad
 
 
-hostile = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+hostile = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
                   min_size=1, max_size=12)
 elements = st.one_of(hostile, st.integers(min_value=0, max_value=99))
 
@@ -232,5 +233,7 @@ def test_array_literal_round_trip(path: list[str]) -> None:
     key = KeyExpr("data", tuple(path), True, "hash")
     literal = key.render().split("#>> ", 1)[1].rstrip(")")
     # The SQL literal holds the PostgreSQL array literal; parse_pg_array_literal reads it back.
-    text = pglast.parse_sql(f"SELECT {literal}")[0].stmt.targetList[0].val.val.sval
+    select = pglast.parse_sql(f"SELECT {literal}")[0].stmt
+    assert isinstance(select, ast.SelectStmt) and select.targetList is not None
+    text = select.targetList[0].val.val.sval
     assert parse_pg_array_literal(text) == tuple(path)

@@ -17,12 +17,12 @@ from fraiseql_observability.codec import (
     MAGIC,
     QUERY_EVENT,
     QUERY_ROLLUP,
+    SCHEMA_DIR,
     TABLE_STATS,
     Codec,
     default_codec,
 )
 from fraiseql_observability.errors import DecodeError
-from schemas import SCHEMA_DIR
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CODEC = default_codec()

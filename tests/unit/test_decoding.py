@@ -1,4 +1,5 @@
-"""The stream worker's fast QueryEvent decoder (streams/decoding.py) against the generic codec."""
+"""The stream worker's fast QueryEvent decoder (streams/fraiseql_obs_streams/decoding.py) against the
+generic codec."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fraiseql_observability.codec import QUERY_EVENT, Codec, default_codec
+from fraiseql_obs_streams import decoding
+from fraiseql_obs_streams.decoding import QueryEventDecoder
+from fraiseql_observability.codec import QUERY_EVENT, SCHEMA_DIR, Codec, default_codec
 from fraiseql_observability.errors import DecodeError
-from schemas import SCHEMA_DIR
-from streams import decoding
-from streams.decoding import QueryEventDecoder
 
 CODEC = default_codec()
 EXAMPLES = settings(max_examples=300, deadline=None,
@@ -181,7 +181,7 @@ def test_a_changed_schema_falls_back_to_the_codec_with_a_warning(
     extra = {"name": "tenant", "type": "string", "default": ""}
     _write(tmp_path / "query_event.avsc", dict(current, fields=[*current["fields"], extra]))
     codec = Codec(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="streams.decoding"):
+    with caplog.at_level(logging.WARNING, logger="fraiseql_obs_streams.decoding"):
         decoder = QueryEventDecoder(codec)
     assert not decoder.fast
     assert "query_event.avsc changed" in caplog.text

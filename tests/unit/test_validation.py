@@ -1,4 +1,5 @@
-"""Value checks a decoded query event must pass before it counts (streams/validation.py, SPEC §8)."""
+"""Value checks a decoded query event must pass before it counts
+(streams/fraiseql_obs_streams/validation.py, SPEC §8)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.validation import DURATION_FIELDS, MAX_DURATION_MS, MAX_NAME_LEN, invalid_reason
+from fraiseql_obs_streams.validation import DURATION_FIELDS, MAX_DURATION_MS, MAX_NAME_LEN, invalid_reason
 
 FAST = settings(max_examples=100, deadline=None)
 

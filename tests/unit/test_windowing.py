@@ -16,9 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fraiseql_observability.config import StreamSettings
-from fraiseql_observability.sketch import QuantileSketch
-from streams.windowing import (
+from fraiseql_obs_streams.windowing import (
     MICROS,
     Checkpoint,
     Outcome,
@@ -26,6 +24,8 @@ from streams.windowing import (
     Rollup,
     rollup_id,
 )
+from fraiseql_observability.config import StreamSettings
+from fraiseql_observability.sketch import QuantileSketch
 
 TOPIC = "fraiseql.query-events"
 PARTITION = 3

@@ -1,0 +1,53 @@
+"""The analyzer: statistics and schema-change suggestions read from the metrics database.
+
+* :mod:`fraiseql_obs_analyzer.stats` -- per-pattern, per-region counts and percentiles (``fraiseql-cli
+stats``);
+* :func:`run_analysis` -- one analysis (``fraiseql-cli analyze``): evidence
+  (:mod:`~fraiseql_obs_analyzer.evidence`), SQL understood with pglast
+  (:mod:`~fraiseql_obs_analyzer.sqlshape`), candidates
+  across the workload (:mod:`~fraiseql_obs_analyzer.candidates`), speedups from the cost model
+  (:mod:`~fraiseql_obs_analyzer.costmodel`) or HypoPG (:mod:`~fraiseql_obs_analyzer.hypo`), migrations
+  (:mod:`~fraiseql_obs_analyzer.sqlgen`), reports (:mod:`~fraiseql_obs_analyzer.report`);
+* :func:`run_once` / :func:`run_scheduler` -- the scheduled analyzer (``fraiseql-cli schedule``):
+  stored runs (:mod:`~fraiseql_obs_analyzer.store`), published suggestions
+  (:mod:`~fraiseql_obs_analyzer.publish`), the
+  per-day sketch cache (:mod:`~fraiseql_obs_analyzer.cache`), Prometheus gauges
+  (:mod:`~fraiseql_obs_analyzer.metrics`);
+* :func:`diff_documents` -- ``fraiseql-cli diff-analysis``.
+
+How the estimates are made, and what was measured: ``analyzer/DESIGN.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "Analysis",
+    "AnalyzeOptions",
+    "AnalyzerError",
+    "AnalyzerUnavailable",
+    "Suggestion",
+    "UnsupportedSql",
+    "ValidationUnavailable",
+    "diff_documents",
+    "run_analysis",
+    "run_once",
+    "run_scheduler",
+]
+
+# Imported on first use: ``fraiseql-cli stats`` (fraiseql_obs_analyzer.stats) should not pay for Kafka,
+# croniter and pglast, which only the analysis needs.
+_WHERE = {
+    "Analysis": "records", "AnalyzeOptions": "analyze", "AnalyzerError": "errors",
+    "AnalyzerUnavailable": "errors", "Suggestion": "records", "UnsupportedSql": "errors",
+    "ValidationUnavailable": "errors", "diff_documents": "diff", "run_analysis": "analyze",
+    "run_once": "schedule", "run_scheduler": "schedule",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

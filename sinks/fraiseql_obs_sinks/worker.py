@@ -1,0 +1,641 @@
+"""The sink worker (``fraiseql-cli sink``): Kafka rollups and table stats → metrics PostgreSQL.
+
+Delivery protocol, per batch (size ``sinks.batch_size`` messages or ``sinks.batch_timeout_secs``
+after its first message, whichever comes first):
+
+1. Every message is decoded and validated as it arrives. One that cannot be used becomes a
+   ``DeadLetter`` (stage ``sink``, original bytes, reason) produced to the dead-letter topic.
+2. The dead letters of the batch are acknowledged by Kafka (``flush``) …
+3. … the rows are written in one database transaction (:class:`~fraiseql_obs_sinks.writer.RollupWriter`) …
+4. … and only then are the offsets committed, synchronously.
+
+A crash anywhere re-delivers the uncommitted batch, which the idempotent upserts absorb: the
+database ends with every rollup exactly once. While PostgreSQL is unreachable the *same* batch is
+retried with exponential back-off (capped at 10 s); meanwhile the assigned partitions are paused
+and the consumer keeps being polled, so it stays in its group (``max.poll.interval.ms``) and
+serves rebalances without buffering more messages.
+
+Rebalances: offsets are committed explicitly per partition, so when partitions are revoked (or
+lost) their part of the pending batch is simply dropped — the next owner re-reads it from the
+last committed offset. Stopping (``stop`` event or SIGTERM) makes one last attempt to write the
+pending batch and never commits anything unwritten.
+
+Dead letters are at-least-once: a bad message re-delivered after a crash or a rebalance is
+dead-lettered again (never lost, occasionally twice).
+
+The ``cooperative-sticky`` assignor is used so a rebalance only revokes the partitions that move,
+instead of dropping every in-flight batch of the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from types import FrameType
+from typing import Any, Final
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from fraiseql_observability.codec import (
+    DEAD_LETTER,
+    QUERY_ROLLUP,
+    TABLE_STATS,
+    Codec,
+    default_codec,
+)
+from fraiseql_observability.config import Settings
+from fraiseql_observability.errors import DecodeError
+from fraiseql_observability.kafka import (
+    KafkaUnavailable,
+    admin_client,
+    ensure_topics,
+    producer_config,
+)
+
+from .errors import InvalidRecord, RecordRejected, SinkError, WriteFailed
+from .metrics import BATCHES, CONSUMER_LAG, DEAD_LETTERS, RETRIES
+from .records import RecordLimits, RollupRow, TableStatsRow
+from .writer import RollupWriter
+
+__all__ = ["SinkWorker", "consumer_config", "run_sink"]
+
+log = logging.getLogger(__name__)
+
+STAGE: Final = "sink"
+INITIAL_BACKOFF_SECS: Final = 0.2
+MAX_BACKOFF_SECS: Final = 10.0
+DEAD_LETTER_FLUSH_SECS: Final = 10.0
+LAG_INTERVAL_SECS: Final = 10.0
+PARTITION_UPKEEP_SECS: Final = 3600.0
+UPKEEP_DAYS_AHEAD: Final = 7
+MAX_DETAIL_CHARS: Final = 2000
+_POLL_SLICE_SECS: Final = 0.2
+
+TopicPartitionKey = tuple[str, int]
+
+
+def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """At-least-once consumption with offsets committed by hand after the database commit."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": settings.sinks.group_id,
+        "client.id": f"fraiseql-sink-{socket.gethostname()}-{os.getpid()}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # A new group must read what was produced before it started: rollups are not replayable
+        # from anywhere else once the stream worker committed past their events.
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        # A sink killed without leaving the group holds its partitions until its session expires
+        # (librdkafka's default: 45 s of no progress). Heartbeats come from librdkafka's own
+        # thread, so a database outage (the loop keeps polling anyway) cannot expire a session.
+        "session.timeout.ms": 10000,
+    }
+    config.update(extra)
+    return config
+
+
+# --- the pending batch ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where a row came from: what a dead letter needs to carry."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class _Delivery(Enum):
+    NEW = "new"  # not handed to the producer yet (or to be produced again)
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class _DeadLetter:
+    source: _Source
+    reason: str
+    detail: str
+    state: _Delivery = _Delivery.NEW
+    error: str = ""
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            if self.state is not _Delivery.DELIVERED:
+                DEAD_LETTERS.labels(self.reason).inc()
+            self.state = _Delivery.DELIVERED
+        else:
+            self.state = _Delivery.FAILED
+            self.error = str(err)
+
+
+@dataclass(slots=True)
+class _PartitionBatch:
+    rollups: list[tuple[_Source, RollupRow]] = field(default_factory=list)
+    table_stats: list[tuple[_Source, TableStatsRow]] = field(default_factory=list)
+    dead_letters: list[_DeadLetter] = field(default_factory=list)
+    next_offset: int = -1
+    messages: int = 0
+
+
+class _Batch:
+    """Messages accepted since the last commit, grouped by partition."""
+
+    def __init__(self) -> None:
+        self.parts: dict[TopicPartitionKey, _PartitionBatch] = {}
+        self.first_at: float | None = None
+        self.messages = 0
+
+    def _part(self, source: _Source, now: float) -> _PartitionBatch:
+        if self.first_at is None:
+            self.first_at = now
+        part = self.parts.setdefault((source.topic, source.partition), _PartitionBatch())
+        part.next_offset = max(part.next_offset, source.offset + 1)
+        part.messages += 1
+        self.messages += 1
+        return part
+
+    def add_rollup(self, source: _Source, row: RollupRow, now: float) -> None:
+        self._part(source, now).rollups.append((source, row))
+
+    def add_table_stats(self, source: _Source, row: TableStatsRow, now: float) -> None:
+        self._part(source, now).table_stats.append((source, row))
+
+    def add_dead_letter(self, letter: _DeadLetter, now: float) -> None:
+        self._part(letter.source, now).dead_letters.append(letter)
+
+    def drop(self, keys: set[TopicPartitionKey]) -> int:
+        """Forget revoked partitions; returns how many messages were dropped."""
+        dropped = 0
+        for key in keys & self.parts.keys():
+            dropped += self.parts.pop(key).messages
+        self.messages -= dropped
+        return dropped
+
+    def reject(self, source: _Source, letter: _DeadLetter) -> None:
+        """Replace a row the database refused by its dead letter (so a retry skips it)."""
+        part = self.parts[(source.topic, source.partition)]
+        part.rollups = [(s, r) for s, r in part.rollups if s is not source]
+        part.table_stats = [(s, r) for s, r in part.table_stats if s is not source]
+        part.dead_letters.append(letter)
+
+    def ready(self, now: float, size: int, timeout: float) -> bool:
+        if self.messages >= size:
+            return True
+        return self.first_at is not None and now - self.first_at >= timeout
+
+    def rollup_items(self) -> list[tuple[_Source, RollupRow]]:
+        return [item for part in self.parts.values() for item in part.rollups]
+
+    def table_stats_items(self) -> list[tuple[_Source, TableStatsRow]]:
+        return [item for part in self.parts.values() for item in part.table_stats]
+
+    def dead_letters(self) -> Iterator[_DeadLetter]:
+        for part in self.parts.values():
+            yield from part.dead_letters
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+
+# --- the worker -----------------------------------------------------------------------------------
+
+
+class SinkWorker:
+    """The consume → dead-letter → write → commit loop around injected clients."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Consumer,
+        producer: Producer,
+        writer: RollupWriter,
+        *,
+        stop: threading.Event,
+        codec: Codec | None = None,
+        limits: RecordLimits | None = None,
+        admin: AdminClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._consumer = consumer
+        self._producer = producer
+        self._writer = writer
+        self._stop = stop
+        self._codec = codec or default_codec()
+        self._limits = limits or writer.limits
+        self._clock = clock
+        self._admin = admin  # for the consumer-lag gauge; None: no lag metric
+        kafka = settings.kafka
+        self._expected = {kafka.rollups_topic: QUERY_ROLLUP, kafka.table_stats_topic: TABLE_STATS}
+        self._buffer = _Batch()
+        self._inflight: _Batch | None = None
+        self._assigned: set[TopicPartitionKey] = set()
+        self._committed: dict[TopicPartitionKey, int] = {}
+        self._next_lag_at = 0.0
+        self._next_upkeep_at = 0.0
+
+    # --- rebalance callbacks (run inside consume()) ---------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned |= keys
+        log.info("assigned %s", _names(keys))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        # Paused during a database outage? Resume while still assigned, so no pause flag can
+        # linger should the partition come back to this consumer later.
+        with contextlib.suppress(KafkaException):
+            consumer.resume(partitions)
+        dropped = self._buffer.drop(keys)
+        if self._inflight is not None:
+            dropped += self._inflight.drop(keys)
+        self._assigned -= keys
+        for topic, partition in keys:
+            self._committed.pop((topic, partition), None)
+            with contextlib.suppress(KeyError):  # no lag measured for it yet
+                CONSUMER_LAG.remove(topic, str(partition))
+        if dropped:
+            log.info("revoked %s; dropped %d uncommitted message(s), the next owner re-reads them",
+                     _names(keys), dropped)
+        else:
+            log.info("revoked %s", _names(keys))
+
+    # --- main loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        kafka = self.settings.kafka
+        self._consumer.subscribe(
+            [kafka.rollups_topic, kafka.table_stats_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        sinks = self.settings.sinks
+        while not self._stop.is_set():
+            now = self._clock()
+            timeout = _POLL_SLICE_SECS
+            if self._buffer.first_at is not None:
+                due = self._buffer.first_at + sinks.batch_timeout_secs
+                timeout = max(0.0, min(timeout, due - now))
+            room = max(1, sinks.batch_size - self._buffer.messages)
+            for msg in self._consumer.consume(num_messages=min(room, 10_000), timeout=timeout):
+                self._handle(msg)
+            if self._buffer.ready(self._clock(), sinks.batch_size, sinks.batch_timeout_secs):
+                self._flush()
+            self._housekeeping()
+        if self._buffer:
+            log.info("stopping: writing the pending batch once")
+            self._flush(final=True)
+
+    def _handle(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                return
+            if err.fatal():
+                raise SinkError(f"fatal Kafka consumer error: {err}")
+            log.warning("consumer error: %s", err)
+            return
+        topic, partition = msg.topic(), msg.partition()
+        if (topic, partition) not in self._assigned:
+            return  # a straggler of a partition revoked meanwhile: its next owner reads it
+        source = _Source(topic, partition, msg.offset(), msg.key(), msg.value())
+        now = self._clock()
+        expected = self._expected.get(topic)
+        try:
+            record = self._codec.decode(source.value, expected=expected)
+            if expected == TABLE_STATS:
+                self._buffer.add_table_stats(
+                    source, TableStatsRow.from_record(record, limits=self._limits), now
+                )
+            else:
+                self._buffer.add_rollup(
+                    source, RollupRow.from_record(record, limits=self._limits), now
+                )
+        except (DecodeError, InvalidRecord) as exc:
+            letter = _DeadLetter(source, exc.reason, exc.detail)
+            self._produce(letter)
+            self._buffer.add_dead_letter(letter, now)
+
+    # --- dead letters ---------------------------------------------------------------------------
+
+    def _produce(self, letter: _DeadLetter) -> None:
+        src = letter.source
+        value = self._codec.encode(
+            DEAD_LETTER,
+            {
+                "reason": letter.reason,
+                "detail": letter.detail[:MAX_DETAIL_CHARS],
+                "stage": STAGE,
+                "source_topic": src.topic,
+                "source_partition": src.partition,
+                "source_offset": src.offset,
+                "original_key": src.key,
+                "original_value": src.value,
+                "failed_at": time.time_ns() // 1000,
+            },
+        )
+        try:
+            self._producer.produce(
+                self.settings.kafka.dead_letters_topic, value=value, key=src.key,
+                on_delivery=letter.on_delivery,
+            )
+            letter.state = _Delivery.PENDING
+        except (BufferError, KafkaException) as exc:
+            # Queue full or broker trouble: produced again before the batch may commit.
+            letter.state, letter.error = _Delivery.NEW, str(exc)
+        self._producer.poll(0)
+
+    def _deliver_dead_letters(self, batch: _Batch) -> None:
+        """Return once Kafka acknowledged every dead letter of ``batch``; raise otherwise."""
+        letters = list(batch.dead_letters())
+        if not letters:
+            return
+        for letter in letters:
+            if letter.state in (_Delivery.NEW, _Delivery.FAILED):
+                self._produce(letter)
+        self._producer.flush(DEAD_LETTER_FLUSH_SECS)
+        missing = [letter for letter in letters if letter.state is not _Delivery.DELIVERED]
+        if missing:
+            raise WriteFailed(
+                f"{len(missing)} dead letter(s) not acknowledged by Kafka"
+                + (f": {missing[0].error}" if missing[0].error else "")
+            )
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def _flush(self, *, final: bool = False) -> None:
+        batch, self._buffer = self._buffer, _Batch()
+        self._inflight = batch
+        try:
+            written = self._write_with_retry(batch, final=final)
+        finally:
+            self._inflight = None
+        if written:
+            self._commit(batch)
+        elif batch:
+            # Messages of these partitions read meanwhile (during the back-off) come after the
+            # dropped ones: committing them would commit past unwritten data. Drop them too.
+            dropped = self._buffer.drop(set(batch.parts))
+            if dropped:
+                log.info("dropped %d later message(s) of the same partitions", dropped)
+
+    def _write_with_retry(self, batch: _Batch, *, final: bool) -> bool:
+        delay = INITIAL_BACKOFF_SECS
+        paused = False
+        try:
+            while batch:
+                try:
+                    self._deliver_dead_letters(batch)
+                    self._write(batch)
+                    return True
+                except WriteFailed as exc:
+                    RETRIES.inc()
+                    if final or self._stop.is_set():
+                        log.warning("dropping the uncommitted batch (%d message(s), re-delivered "
+                                    "on restart): %s", batch.messages, exc)
+                        return False
+                    log.warning("batch of %d message(s) not written, retrying in %.1fs: %s",
+                                batch.messages, delay, exc)
+                    if not paused:
+                        self._consumer.pause(self._consumer.assignment())
+                        paused = True
+                    self._wait(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_SECS)
+                    if self._stop.is_set():
+                        log.warning("stopping: dropping the uncommitted batch (%d message(s), "
+                                    "re-delivered on restart)", batch.messages)
+                        return False
+            return False  # every partition of the batch was revoked meanwhile
+        finally:
+            if paused:
+                self._consumer.resume(self._consumer.assignment())
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` while serving the consumer (group membership, rebalances)."""
+        deadline = self._clock() + seconds
+        while not self._stop.is_set():
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            # Partitions assigned by a rebalance during the outage arrive unpaused.
+            self._consumer.pause(self._consumer.assignment())
+            slice_secs = min(left, _POLL_SLICE_SECS)
+            for msg in self._consumer.consume(num_messages=1000, timeout=slice_secs):
+                self._handle(msg)  # goes to the next batch, after the in-flight one
+            self._housekeeping()
+
+    def _write(self, batch: _Batch) -> None:
+        rollups = batch.rollup_items()
+        stats = batch.table_stats_items()
+        if not rollups and not stats:
+            return
+        try:
+            self._writer.write([r for _, r in rollups], [s for _, s in stats])
+            BATCHES.inc()
+            self._after_write()
+            return
+        except RecordRejected as exc:
+            log.warning("the database refused a batch of %d row(s) (%s); isolating the culprit",
+                        len(rollups) + len(stats), exc)
+        # Row by row (each its own transaction, idempotent like the whole): the rows PostgreSQL
+        # refuses become dead letters, the others are written. A WriteFailed here propagates and
+        # the whole batch is retried; rows rejected so far are no longer in it.
+        for source, rollup in rollups:
+            self._write_one(batch, source, rollups=[rollup])
+        for source, table_stats in stats:
+            self._write_one(batch, source, table_stats=[table_stats])
+        self._deliver_dead_letters(batch)
+        BATCHES.inc()
+        self._after_write()
+
+    def _write_one(
+        self,
+        batch: _Batch,
+        source: _Source,
+        *,
+        rollups: Iterable[RollupRow] = (),
+        table_stats: Iterable[TableStatsRow] = (),
+    ) -> None:
+        try:
+            self._writer.write(rollups, table_stats)
+        except RecordRejected as exc:
+            letter = _DeadLetter(source, "rejected", f"refused by PostgreSQL: {exc.detail}")
+            batch.reject(source, letter)
+            self._produce(letter)
+
+    def _commit(self, batch: _Batch) -> None:
+        offsets = [
+            TopicPartition(topic, partition, part.next_offset)
+            for (topic, partition), part in sorted(batch.parts.items())
+            if (topic, partition) in self._assigned and part.next_offset >= 0
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The rows are durable; an uncommitted offset only means a re-delivery that the
+            # upserts absorb. Not a reason to stop.
+            log.warning("offset commit failed (the batch may be re-delivered): %s", exc)
+            return
+        for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    # --- housekeeping ---------------------------------------------------------------------------
+
+    def _after_write(self) -> None:
+        # The database just answered: a good moment to keep the coming days' partitions ready so
+        # the write path rarely needs DDL. Failures are only logged (the writer retries anyway).
+        now = self._clock()
+        if now < self._next_upkeep_at:
+            return
+        self._next_upkeep_at = now + PARTITION_UPKEEP_SECS
+        today = datetime.now(UTC)
+        try:
+            self._writer.ensure_partitions(today, today + timedelta(days=UPKEEP_DAYS_AHEAD + 1))
+        except WriteFailed as exc:
+            log.warning("could not pre-create partitions: %s", exc)
+
+    def _housekeeping(self) -> None:
+        now = self._clock()
+        if now < self._next_lag_at:
+            return
+        self._next_lag_at = now + LAG_INTERVAL_SECS
+        try:
+            self._update_lag()
+        except KafkaException as exc:  # the broker is away: keep the last values
+            log.debug("consumer lag not updated: %s", exc)
+
+    def _update_lag(self) -> None:
+        """Lag = high watermark − committed offset: messages not yet durable in the database.
+
+        The committed offset, not the consumer position, because fetched-but-unwritten messages
+        are exactly what an operator wants to see grow while the database is down. Watermarks
+        come from one batched ListOffsets request of a separate admin client: the consumer's own
+        ``get_watermark_offsets`` queues behind its fetch long-poll (about 0.5 s per partition).
+        """
+        assigned = sorted(self._assigned)
+        if not assigned or self._admin is None:
+            return
+        unknown = [TopicPartition(t, p) for t, p in assigned if (t, p) not in self._committed]
+        if unknown:
+            for tp in self._consumer.committed(unknown, timeout=2.0):
+                self._committed[(tp.topic, tp.partition)] = tp.offset
+        high = self._list_offsets(assigned, OffsetSpec.latest())
+        never_committed = [key for key in assigned if self._committed.get(key, -1) < 0]
+        low = self._list_offsets(never_committed, OffsetSpec.earliest()) if never_committed else {}
+        for key in assigned:
+            committed = self._committed.get(key, -1)
+            base = committed if committed >= 0 else low.get(key)
+            if key in high and base is not None:
+                CONSUMER_LAG.labels(key[0], str(key[1])).set(max(0, high[key] - base))
+
+    def _list_offsets(
+        self, keys: Sequence[TopicPartitionKey], spec: OffsetSpec
+    ) -> dict[TopicPartitionKey, int]:
+        assert self._admin is not None
+        futures = self._admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in keys}, request_timeout=2.0
+        )
+        offsets: dict[TopicPartitionKey, int] = {}
+        for tp, future in futures.items():
+            try:
+                offsets[(tp.topic, tp.partition)] = int(future.result(timeout=3.0).offset)
+            except (KafkaException, TimeoutError) as exc:  # e.g. a leader moving: next round
+                log.debug("no watermark for %s[%d]: %s", tp.topic, tp.partition, exc)
+        return offsets
+
+
+def _names(keys: set[TopicPartitionKey]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(keys)) or "nothing"
+
+
+def _ensure_topics_patiently(settings: Settings, stop: threading.Event) -> bool:
+    """Create missing topics, waiting for the broker as long as it takes (or until stopped)."""
+    kafka = settings.kafka
+    delay = INITIAL_BACKOFF_SECS
+    while not stop.is_set():
+        try:
+            ensure_topics(
+                kafka, [kafka.rollups_topic, kafka.table_stats_topic, kafka.dead_letters_topic]
+            )
+            return True
+        except (KafkaUnavailable, KafkaException) as exc:
+            log.warning("Kafka not ready, retrying in %.1fs: %s", delay, exc)
+            stop.wait(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECS)
+    return False
+
+
+def _no_op() -> None:
+    return None
+
+
+def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop`` (main thread only); returns a function restoring the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return _no_op
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d received: stopping after the current batch", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def run_sink(settings: Settings, *, stop: threading.Event | None = None) -> None:
+    """Run one sink worker until ``stop`` is set (or SIGTERM/SIGINT when called without one).
+
+    Does not serve ``/metrics``: the CLI does (several sinks can share one process).
+    """
+    restore = _no_op
+    if stop is None:
+        stop = threading.Event()
+        restore = _install_signal_handlers(stop)
+    try:
+        if not _ensure_topics_patiently(settings, stop):
+            return
+        limits = RecordLimits(
+            # Accept whatever the stream stage accepted (plus a day of window slack).
+            max_age=timedelta(days=max(400.0, settings.streams.max_age_days + 1)),
+        )
+        writer = RollupWriter.from_settings(settings.database, limits=limits)
+        consumer = Consumer(consumer_config(settings))
+        producer = Producer(producer_config(settings.kafka, **{"linger.ms": 5}))
+        try:
+            SinkWorker(
+                settings, consumer, producer, writer, stop=stop, admin=admin_client(settings.kafka)
+            ).run()
+        finally:
+            consumer.close()  # leaves the group at once; commits nothing
+            remaining = producer.flush(DEAD_LETTER_FLUSH_SECS)
+            if remaining:
+                log.warning("%d dead letter(s) still unacknowledged at exit; their offsets were "
+                            "not committed, so they will be dead-lettered again", remaining)
+            writer.close()
+    finally:
+        restore()

@@ -1,0 +1,525 @@
+"""Batched, idempotent writes of rollups and table statistics to the metrics database.
+
+One call of :meth:`RollupWriter.write` is one transaction: every row of the batch is durable, or
+none is. That is what lets the worker commit Kafka offsets only after the database commit, and
+what makes a crash at any moment harmless — re-delivered messages are written again and overwrite.
+
+Idempotency: rows are upserted on their primary key. A rollup's id is deterministic (uuid5 of
+source topic, partition, pattern, region and window), so a re-delivered rollup overwrites the row
+with identical data and never adds to it. The pattern catalogue keeps the earliest ``first_seen``
+and latest ``last_seen``, which does not depend on the order batches arrive in.
+
+Least privilege: each upsert passes its values as parameters in the ``DO UPDATE SET`` clause
+instead of reading ``EXCLUDED.col``; reading ``EXCLUDED`` needs SELECT on every such column,
+whereas this way the collector role only needs SELECT on the conflict-key columns.
+
+Speed: new rollups — nearly all of them — go in with one ``INSERT … SELECT FROM unnest(<one
+array parameter per column>) ON CONFLICT DO NOTHING RETURNING <key>``; only the keys that already
+existed (re-deliveries) are then overwritten row by row by the upsert above (``executemany``,
+pipelined). Per-row statements cost ~3× more, in Python parameter adaptation and server-side
+statement overhead alike (bench/bench_sink.py). A COPY into a temporary table would need the
+TEMP privilege and an UPDATE reading EXCLUDED-like data the collector may not read.
+
+Hourly level: in the same transaction, the (fingerprint, region, hour, alpha) cells the batch
+touched are recomputed from the minute rows by ``fraiseql_metrics.refresh_hourly`` (see
+``migrations/0002_hourly_rollups.sql``). Recomputing rather than adding the batch to the hourly
+row is what keeps the level idempotent: a re-delivered, duplicated or late rollup changes the
+minute rows, and the cell is again exactly the merge of those. Windows that cross an hour boundary
+belong to no cell (readers take them from the minute level).
+
+Partitions: before the transaction, the days of the batch that are not known to exist are created
+through ``fraiseql_metrics.ensure_partitions`` in a short transaction of their own. Creating a
+partition is idempotent and harmless to commit separately, and doing it inside the data
+transaction would hold the partition lock until the whole batch is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from fraiseql_observability.config import DatabaseSettings
+from fraiseql_observability.secrets import mask_secrets
+
+from .errors import RecordRejected, WriteFailed
+from .metrics import LAST_WRITE, ROWS_WRITTEN
+from .migrate import SCHEMA
+from .records import DEFAULT_LIMITS, RecordLimits, RollupRow, TableStatsRow
+
+__all__ = ["HOUR", "HourlyCell", "RollupWriter", "WriteResult", "hour_start", "hourly_cells"]
+
+log = logging.getLogger(__name__)
+
+MAX_ACQUIRE_SECS: Final = 5.0
+
+# (column, SQL type) of the rollups table in insert order; the first two are the primary key.
+ROLLUP_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("rollup_id", "uuid"),
+    ("window_start", "timestamptz"),
+    ("fingerprint", "text"),
+    ("region", "text"),
+    ("window_end", "timestamptz"),
+    ("source_topic", "text"),
+    ("source_partition", "int4"),
+    ("first_offset", "int8"),
+    ("last_offset", "int8"),
+    ("event_count", "int8"),
+    ("count", "float8"),
+    ("error_count", "float8"),
+    ("cache_hits", "float8"),
+    ("rows_sum", "float8"),
+    ("exec_sum_ms", "float8"),
+    ("exec_min_ms", "float8"),
+    ("exec_max_ms", "float8"),
+    ("sql_generation_sum_ms", "float8"),
+    ("db_round_trip_sum_ms", "float8"),
+    ("projection_sum_ms", "float8"),
+    ("sketch_alpha", "float8"),
+    ("sketch_keys", "int4[]"),
+    ("sketch_weights", "float8[]"),
+)
+ROLLUP_KEY: Final = ("rollup_id", "window_start")
+
+TABLE_STATS_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("snapshot_id", "uuid"),
+    ("schema_name", "text"),
+    ("table_name", "text"),
+    ("taken_at", "timestamptz"),
+    ("source", "text"),
+    ("region", "text"),
+    ("relkind", "text"),
+    ("row_estimate", "float8"),
+    ("total_bytes", "int8"),
+    ("seq_scans", "int8"),
+    ("columns", "jsonb"),
+    ("indexes", "jsonb"),
+)
+TABLE_STATS_KEY: Final = ("snapshot_id", "schema_name", "table_name", "taken_at")
+
+
+def _upsert(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> sql.Composed:
+    """``INSERT … ON CONFLICT (key) DO UPDATE SET col = <same parameter>`` (no EXCLUDED reads)."""
+
+    def value(name: str, type_name: str) -> sql.Composable:
+        # The cast is spelled from a fixed table of types above, never from data.
+        return sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(type_name))
+
+    names = [name for name, _ in columns]
+    return sql.SQL(
+        "INSERT INTO {table} ({columns}) VALUES ({values})"
+        " ON CONFLICT ({key}) DO UPDATE SET {updates}, written_at = now()"
+    ).format(
+        table=sql.Identifier(SCHEMA, table),
+        columns=sql.SQL(", ").join(map(sql.Identifier, names)),
+        values=sql.SQL(", ").join(value(n, t) for n, t in columns),
+        key=sql.SQL(", ").join(map(sql.Identifier, key)),
+        updates=sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(n), value(n, t))
+            for n, t in columns
+            if n not in key
+        ),
+    )
+
+
+_UPSERT_ROLLUPS: Final = _upsert("rollups", ROLLUP_COLUMNS, ROLLUP_KEY)
+
+# The fast path for new rollups: the whole batch as one parameter array per column, one statement.
+# Sketch arrays are ragged (PostgreSQL arrays are rectangular), so they travel as array literals
+# in a text[] and are cast per row. Rows that already exist are left alone here (DO NOTHING needs
+# no privilege beyond INSERT and SELECT on the key) and overwritten by _UPSERT_ROLLUPS.
+_TEXT_ARRAY_COLUMNS: Final = frozenset({"sketch_keys", "sketch_weights"})
+
+
+def _insert_new(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> sql.Composed:
+    names = [name for name, _ in columns]
+    return sql.SQL(
+        "INSERT INTO {table} ({columns}) SELECT {values} FROM unnest({arrays}) AS u ({columns})"
+        " ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+    ).format(
+        table=sql.Identifier(SCHEMA, table),
+        columns=sql.SQL(", ").join(map(sql.Identifier, names)),
+        values=sql.SQL(", ").join(
+            sql.SQL("u.{}::{}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns
+        ),
+        # Types come from the fixed table above, never from data.
+        arrays=sql.SQL(", ").join(
+            # %b: binary arrays, several times cheaper to adapt than text ones (no quoting).
+            sql.SQL("%b::text[]" if n in _TEXT_ARRAY_COLUMNS else f"%b::{t}[]")
+            for n, t in columns
+        ),
+        key=sql.SQL(", ").join(map(sql.Identifier, key)),
+    )
+
+
+_INSERT_NEW_ROLLUPS: Final = _insert_new("rollups", ROLLUP_COLUMNS, ROLLUP_KEY)
+_UPSERT_TABLE_STATS: Final = _upsert("table_stats", TABLE_STATS_COLUMNS, TABLE_STATS_KEY)
+_REFRESH_HOURLY: Final = sql.SQL(
+    "SELECT {}(%b::text[], %b::text[], %b::timestamptz[], %b::float8[])"
+).format(sql.Identifier(SCHEMA, "refresh_hourly"))
+
+HOUR: Final = timedelta(hours=1)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+# (fingerprint, region, hour_start, sketch_alpha): one row of fraiseql_metrics.rollups_hourly.
+HourlyCell = tuple[str, str, datetime, float]
+
+
+def hour_start(moment: datetime) -> datetime:
+    """The UTC hour ``moment`` falls in (exact: no float arithmetic)."""
+    return moment - (moment - _EPOCH) % HOUR
+
+
+def hourly_cells(rollups: Iterable[RollupRow]) -> list[HourlyCell]:
+    """The hourly cells holding these rollups, sorted; windows crossing an hour are in none."""
+    cells: set[HourlyCell] = set()
+    for row in rollups:
+        hour = hour_start(row.window_start)
+        if row.window_end <= hour + HOUR:
+            cells.add((row.fingerprint, row.region, hour, row.sketch_alpha))
+    return sorted(cells)
+
+
+def _cell_arrays(cells: Sequence[HourlyCell]) -> tuple[list[str], list[str], list[datetime], list[float]]:
+    return ([c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells],
+            [c[3] for c in cells])
+
+# The catalogue row describes the newest window seen; on a tie of last_seen the greatest
+# (query_name, sql) in byte order wins, the same rule as max() in Python over str (UTF-8 byte
+# order equals code point order), so the outcome does not depend on the order of batches.
+_NEWER: Final = (
+    '(EXCLUDED.last_seen, EXCLUDED.query_name COLLATE "C", EXCLUDED.sql COLLATE "C")'
+    ' > (p.last_seen, p.query_name COLLATE "C", p.sql COLLATE "C")'
+)
+# One statement per batch (fingerprints are unique in it). EXCLUDED may be read here: the collector
+# holds SELECT on every column of the catalogue (no PII, SPEC §3).
+_UPSERT_PATTERNS: Final = sql.SQL(
+    "INSERT INTO {table} AS p (fingerprint, query_name, sql, first_seen, last_seen)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[],"
+    " %b::timestamptz[])"
+    " ON CONFLICT (fingerprint) DO UPDATE SET"
+    " first_seen = LEAST(p.first_seen, EXCLUDED.first_seen),"
+    " last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),"
+    " query_name = CASE WHEN {newer} THEN EXCLUDED.query_name ELSE p.query_name END,"
+    " sql = CASE WHEN {newer} THEN EXCLUDED.sql ELSE p.sql END"
+    # Skip the write (a new row version) when nothing would change: the common case.
+    " WHERE p.first_seen > EXCLUDED.first_seen OR {newer}"
+).format(table=sql.Identifier(SCHEMA, "patterns"), newer=sql.SQL(_NEWER))
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one committed batch contained."""
+
+    rollups: int = 0
+    patterns: int = 0
+    table_stats: int = 0
+    partitions_created: tuple[str, ...] = ()
+    hourly_cells: int = 0  # cells of rollups_hourly recomputed (and holding data)
+
+
+@dataclass(slots=True)
+class _Pattern:
+    fingerprint: str
+    query_name: str
+    sql: str
+    first_seen: datetime
+    last_seen: datetime
+
+    def add(self, row: RollupRow) -> None:
+        self.first_seen = min(self.first_seen, row.window_start)
+        self.last_seen, self.query_name, self.sql = max(
+            (self.last_seen, self.query_name, self.sql), (row.window_end, row.query_name, row.sql)
+        )
+
+
+def _patterns(rollups: Iterable[RollupRow]) -> list[_Pattern]:
+    """One catalogue row per fingerprint: earliest window start, latest window end."""
+    found: dict[str, _Pattern] = {}
+    for row in rollups:
+        pattern = found.get(row.fingerprint)
+        if pattern is None:
+            found[row.fingerprint] = _Pattern(
+                row.fingerprint, row.query_name, row.sql, row.window_start, row.window_end
+            )
+        else:
+            pattern.add(row)
+    return [found[k] for k in sorted(found)]
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _runs(days: Sequence[date]) -> list[tuple[date, date]]:
+    """Sorted days grouped into contiguous runs ``(first, last)``."""
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and day - runs[-1][1] == timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def _is_missing_partition(exc: psycopg.Error) -> bool:
+    return isinstance(exc, pg_errors.CheckViolation) and "no partition" in (
+        exc.diag.message_primary or ""
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return mask_secrets(f"{type(exc).__name__}: {text}")
+
+
+class RollupWriter:
+    """Writes batches of rollups and table statistics; safe to share between threads.
+
+    ``url`` names the metrics database and the role to write as (normally a member of
+    ``fraiseql_collector``). ``pool_size`` bounds the connections; ``timeout_secs`` is the connect
+    timeout and the statement timeout (a free connection is awaited at most 5 s of it).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout_secs: float = 30.0,
+        lock_timeout_secs: float = 5.0,
+        limits: RecordLimits = DEFAULT_LIMITS,
+        application_name: str = "fraiseql-sink",
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be >= 1")
+        self.timeout_secs = timeout_secs
+        self.lock_timeout_secs = lock_timeout_secs
+        self.limits = limits
+        self._known_days: set[date] = set()
+        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={
+                "autocommit": True,  # transactions are explicit: conn.transaction()
+                "connect_timeout": max(1, math.ceil(timeout_secs)),
+                "application_name": application_name,
+                "options": f"-c statement_timeout={int(timeout_secs * 1000)}",
+            },
+            # How long write() waits for a connection. psycopg_pool makes new connection attempts
+            # only when a request arrives (then with a doubling delay, for up to
+            # reconnect_timeout); a request that outlives those attempts just sleeps. Keeping both
+            # short while the database is down hands the pacing to the caller's retry loop, so
+            # the sink notices a recovered database within a second or two instead of after
+            # the pool's own back-off.
+            timeout=min(timeout_secs, MAX_ACQUIRE_SECS),
+            reconnect_timeout=min(timeout_secs, MAX_ACQUIRE_SECS),
+            # A connection that died while idle (server restart) is replaced before use instead of
+            # failing the next batch.
+            check=ConnectionPool.check_connection,
+            name=application_name,
+            open=False,
+        )
+        # Do not wait: a database that is down at start is the retry loop's business.
+        self._pool.open(wait=False)
+
+    @classmethod
+    def from_settings(
+        cls, database: DatabaseSettings, *, limits: RecordLimits = DEFAULT_LIMITS
+    ) -> RollupWriter:
+        return cls(
+            database.url.get_secret_value(),
+            pool_size=database.pool_size,
+            timeout_secs=database.timeout_secs,
+            limits=limits,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> RollupWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- partitions -----------------------------------------------------------------------------
+
+    def forget_partitions(self) -> None:
+        """Drop the cache of days known to have partitions (after retention, or an error)."""
+        self._known_days.clear()
+
+    def ensure_partitions(self, start: datetime, end: datetime) -> list[str]:
+        """Create the missing daily partitions covering ``[start, end)``; return their names."""
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                # A long analyst query must not make the sink queue every writer behind its lock.
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    (f"{int(self.lock_timeout_secs * 1000)}ms",),
+                )
+                rows = conn.execute(
+                    sql.SQL("SELECT {}(%s, %s)").format(
+                        sql.Identifier(SCHEMA, "ensure_partitions")
+                    ),
+                    (start, end),
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise WriteFailed(f"cannot create partitions: {_describe(exc)}") from None
+        created = [str(r[0]) for r in rows]
+        if created:
+            log.info("created partitions %s", ", ".join(created))
+        return created
+
+    def _ensure_days(self, days: set[date]) -> list[str]:
+        missing = sorted(days - self._known_days)
+        created: list[str] = []
+        # One call per contiguous run: two far-apart backfilled days must not create every day
+        # in between.
+        for first, last in _runs(missing):
+            end = _day_start(last) + timedelta(days=1)
+            created += self.ensure_partitions(_day_start(first), end)
+        self._known_days.update(missing)
+        return created
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def write(
+        self,
+        rollups: Iterable[RollupRow | Mapping[str, Any]] = (),
+        table_stats: Iterable[TableStatsRow | Mapping[str, Any]] = (),
+    ) -> WriteResult:
+        """Upsert one batch in one transaction.
+
+        Accepts validated rows or decoded record dicts (validated here; an invalid one raises
+        :class:`~fraiseql_obs_sinks.errors.InvalidRecord` before anything is written). Raises
+        :class:`~fraiseql_obs_sinks.errors.RecordRejected` when PostgreSQL refuses the data and
+        :class:`~fraiseql_obs_sinks.errors.WriteFailed` for everything else (retry the same batch).
+        """
+        # Duplicates inside one batch keep the last occurrence, as sequential re-delivery would.
+        rollup_rows: dict[tuple[uuid.UUID, datetime], RollupRow] = {}
+        for item in rollups:
+            row = (
+                item
+                if isinstance(item, RollupRow)
+                else RollupRow.from_record(item, limits=self.limits)
+            )
+            rollup_rows[row.key] = row
+        stats_rows: dict[tuple[uuid.UUID, str, str, datetime], TableStatsRow] = {}
+        for stats_item in table_stats:
+            stats = (
+                stats_item
+                if isinstance(stats_item, TableStatsRow)
+                else TableStatsRow.from_record(stats_item, limits=self.limits)
+            )
+            stats_rows[stats.key] = stats
+        if not rollup_rows and not stats_rows:
+            return WriteResult()
+        # A consistent order of row locks between concurrent sinks: no deadlocks.
+        ordered_rollups = [rollup_rows[k] for k in sorted(rollup_rows)]
+        ordered_stats = [stats_rows[k] for k in sorted(stats_rows)]
+        patterns = _patterns(ordered_rollups)
+        days = {r.day for r in ordered_rollups} | {s.day for s in ordered_stats}
+        for attempt in (1, 2):
+            try:
+                created = self._ensure_days(days)
+                cells = self._write(ordered_rollups, patterns, ordered_stats)
+                break
+            except psycopg.Error as exc:
+                self.forget_partitions()
+                if attempt == 1 and _is_missing_partition(exc):
+                    # A partition of a cached day was dropped (retention): create it again.
+                    continue
+                if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+                    raise RecordRejected(_describe(exc), exc.sqlstate) from None
+                raise WriteFailed(_describe(exc)) from None
+            except WriteFailed:
+                self.forget_partitions()
+                raise
+        LAST_WRITE.set(time.time())
+        ROWS_WRITTEN.labels("rollups").inc(len(ordered_rollups))
+        ROWS_WRITTEN.labels("patterns").inc(len(patterns))
+        ROWS_WRITTEN.labels("table_stats").inc(len(ordered_stats))
+        ROWS_WRITTEN.labels("rollups_hourly").inc(cells)
+        return WriteResult(len(ordered_rollups), len(patterns), len(ordered_stats), tuple(created),
+                           cells)
+
+    def _write(
+        self,
+        rollups: Sequence[RollupRow],
+        patterns: Sequence[_Pattern],
+        table_stats: Sequence[TableStatsRow],
+    ) -> int:
+        """One transaction; returns the number of hourly cells recomputed."""
+        refreshed = 0
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if rollups:
+                inserted = {
+                    (key[0], key[1])
+                    for key in cur.execute(_INSERT_NEW_ROLLUPS, _rollup_arrays(rollups)).fetchall()
+                }
+                # Re-deliveries (rare but routine): overwrite, in the same key order.
+                existing = [r for r in rollups if r.key not in inserted]
+                if existing:
+                    cur.executemany(_UPSERT_ROLLUPS, [_rollup_params(r) for r in existing])
+                # In the same transaction: the hourly level never disagrees with the minute rows
+                # readers can see, and a crash leaves neither written.
+                cells = hourly_cells(rollups)
+                if cells:
+                    row = cur.execute(_REFRESH_HOURLY, _cell_arrays(cells)).fetchone()
+                    refreshed = int(row[0]) if row is not None and row[0] is not None else 0
+            if patterns:
+                cur.execute(
+                    _UPSERT_PATTERNS,
+                    (
+                        [p.fingerprint for p in patterns],
+                        [p.query_name for p in patterns],
+                        [p.sql for p in patterns],
+                        [p.first_seen for p in patterns],
+                        [p.last_seen for p in patterns],
+                    ),
+                )
+            if table_stats:
+                cur.executemany(_UPSERT_TABLE_STATS, [_stats_params(s) for s in table_stats])
+        return refreshed
+
+
+def _rollup_params(row: RollupRow) -> dict[str, Any]:
+    params = {name: getattr(row, name) for name, _ in ROLLUP_COLUMNS}
+    params["sketch_keys"] = list(row.sketch_keys)
+    params["sketch_weights"] = list(row.sketch_weights)
+    return params
+
+
+def _array_literal(values: Sequence[float] | Sequence[int]) -> str:
+    # repr() is the shortest text that reads back as the same float (PostgreSQL's float8 input is
+    # correctly rounded), so weights arrive bit-exact; validation already excluded NaN and inf.
+    return "{" + ",".join(map(repr, values)) + "}"
+
+
+def _rollup_arrays(rows: Sequence[RollupRow]) -> list[list[Any]]:
+    """One list per column of ROLLUP_COLUMNS, in order (the parameters of _INSERT_NEW_ROLLUPS)."""
+    arrays: list[list[Any]] = []
+    for name, _ in ROLLUP_COLUMNS:
+        if name in _TEXT_ARRAY_COLUMNS:
+            arrays.append([_array_literal(getattr(r, name)) for r in rows])
+        else:
+            arrays.append([getattr(r, name) for r in rows])
+    return arrays
+
+
+def _stats_params(row: TableStatsRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name, _ in TABLE_STATS_COLUMNS}
