@@ -56,7 +56,7 @@ from psycopg.types.json import Jsonb
 from fraiseql_obs_analyzer.analyze import AnalyzeOptions, run_analysis
 from fraiseql_obs_analyzer.cache import refresh_sketch_cache
 from fraiseql_obs_producers.fingerprint import fingerprint_sql
-from fraiseql_obs_sinks.migrate import migrate
+from fraiseql_observability.metricsdb.migrate import migrate
 
 EVENTS_PER_MINUTE = 6000.0  # 10,000 q/s × 1 % sampling × 60 s
 WEIGHT = 100.0  # 1 / sampling rate

@@ -37,7 +37,6 @@ from confluent_kafka import Producer
 from psycopg import sql
 from pydantic import SecretStr
 
-from fraiseql_obs_sinks.migrate import migrate
 from fraiseql_obs_sinks.records import RollupRow
 from fraiseql_obs_sinks.worker import run_sink
 from fraiseql_obs_sinks.writer import RollupWriter
@@ -45,6 +44,7 @@ from fraiseql_obs_streams.windowing import MICROS
 from fraiseql_observability.codec import QUERY_ROLLUP, default_codec
 from fraiseql_observability.config import DatabaseSettings, KafkaSettings, Settings, SinkSettings
 from fraiseql_observability.kafka import ensure_topics
+from fraiseql_observability.metricsdb.migrate import migrate
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -45,10 +45,10 @@ import psycopg
 from psycopg import sql
 
 from fraiseql_obs_analyzer.stats import pattern_stats, pattern_stats_at_level
-from fraiseql_obs_sinks.migrate import migrate
 from fraiseql_obs_sinks.records import RollupRow
 from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_obs_streams.windowing import MICROS, PartitionWindows
+from fraiseql_observability.metricsdb.migrate import migrate
 from fraiseql_observability.sketch import DEFAULT_ALPHA
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -68,7 +68,7 @@ def fresh_db_url(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def metrics_db(fresh_db_url: str) -> str:
     """A fresh database with the metrics schema migrated (superuser URL)."""
-    from fraiseql_obs_sinks.migrate import migrate  # noqa: PLC0415 - the sink package owns the schema
+    from fraiseql_observability.metricsdb.migrate import migrate  # noqa: PLC0415 - the sink package owns the schema
 
     migrate(fresh_db_url)
     return fresh_db_url

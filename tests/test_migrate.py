@@ -1,4 +1,5 @@
-"""``fraiseql_obs_sinks.migrate`` and the roles it creates, against the real PostgreSQL of scripts/stack."""
+"""``fraiseql_observability.metricsdb.migrate`` and the roles it creates, against the real PostgreSQL of
+scripts/stack."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from fraiseql_obs_sinks.errors import MigrationError
-from fraiseql_obs_sinks.migrate import PRECREATE_FUTURE_DAYS, PRECREATE_PAST_DAYS, load_migrations, migrate
 from fraiseql_obs_sinks.writer import RollupWriter
+from fraiseql_observability.metricsdb.migrate import (
+    PRECREATE_FUTURE_DAYS,
+    PRECREATE_PAST_DAYS,
+    MigrationError,
+    load_migrations,
+    migrate,
+)
 from tests.test_sink import make_rollup, make_table_stats, minute_us, role_url, scalar
 
 pytestmark = pytest.mark.postgres
@@ -256,7 +262,7 @@ def test_upgrade_from_0001_fills_the_hourly_level(
 ) -> None:
     # A database migrated by the release before the hourly level, holding minute rollups.
     first = load_migrations()[:1]
-    monkeypatch.setattr("fraiseql_obs_sinks.migrate.load_migrations", lambda: first)
+    monkeypatch.setattr("fraiseql_observability.metricsdb.migrate.load_migrations", lambda: first)
     assert migrate(fresh_db_url) == ["0001_initial"]
     from fraiseql_obs_sinks.records import RollupRow  # noqa: PLC0415
     from fraiseql_obs_sinks.writer import _UPSERT_ROLLUPS, _rollup_params  # noqa: PLC0415

@@ -34,10 +34,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from fraiseql_obs_analyzer.stats import ALL_REGIONS, StatsLevel, pattern_stats, pattern_stats_all_regions
+from fraiseql_obs_analyzer.stats import ALL_REGIONS, pattern_stats, pattern_stats_all_regions
 from fraiseql_obs_producers.recorder import Recorder
 from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_observability.config import KafkaSettings, Settings, load_settings
+from fraiseql_observability.metricsdb.rollups import StatsLevel
 from fraiseql_observability.sketch import DEFAULT_ALPHA
 from tests.fix_procs import Processes, clean_env, cli, write_config
 from tests.oracles import exact_lower_quantile

@@ -24,10 +24,10 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from fraiseql_obs_sinks.migrate import migrate
 from fraiseql_observability.codec import QUERY_ROLLUP, default_codec
 from fraiseql_observability.config import KafkaSettings
 from fraiseql_observability.kafka import ensure_topics
+from fraiseql_observability.metricsdb.migrate import migrate
 from tests.fix_procs import Processes, cli, free_port, write_config
 from tests.test_sink import (
     MINUTE,

@@ -21,13 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraiseql_obs_analyzer.stats import (
-    HOURLY_LEVEL_FROM,
-    choose_level,
-    closed_rollups_query,
-    pattern_stats,
-    pattern_stats_at_level,
-)
+from fraiseql_obs_analyzer.stats import pattern_stats, pattern_stats_at_level
 from fraiseql_obs_sinks.records import RollupRow
 from fraiseql_obs_sinks.writer import (
     _REFRESH_HOURLY,
@@ -39,6 +33,7 @@ from fraiseql_obs_sinks.writer import (
     hour_start,
     hourly_cells,
 )
+from fraiseql_observability.metricsdb.rollups import HOURLY_LEVEL_FROM, choose_level, closed_rollups_query
 from fraiseql_observability.sketch import QuantileSketch
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
 

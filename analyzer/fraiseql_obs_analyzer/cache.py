@@ -25,10 +25,10 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from fraiseql_observability.metricsdb.rollups import closed_rollups_query
 from fraiseql_observability.secrets import mask_secrets, mask_url
 
 from .errors import AnalyzerError
-from .stats import closed_rollups_query
 
 __all__ = ["CacheRefresh", "cache_available", "refresh_sketch_cache", "split_window"]
 

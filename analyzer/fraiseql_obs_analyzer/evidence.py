@@ -9,9 +9,9 @@ statistics of JSONB paths, index definitions, sizes and scan counters) and, for 
 and for impact tracking, the earliest snapshot of the window and when each index and column first
 appeared.
 
-Every read of rollups goes through :func:`fraiseql_obs_analyzer.stats.closed_rollups_query`, which reads whole
-hours from the hourly level for long windows and the minute rows otherwise (the two give the same
-sums and identical merged sketches); this module never names a rollup table itself.
+Every read of rollups goes through
+:func:`fraiseql_observability.metricsdb.rollups.closed_rollups_query`, which reads whole hours from
+the hourly level for long windows and the minute rows otherwise (the two give the same sums and identical merged sketches); this module never names a rollup table itself.
 
 Two phases keep a long window cheap: :func:`load_pattern_totals` (sums only: one row per pattern
 and region) for every pattern, then :func:`load_sketches` only for the patterns a suggestion is
@@ -30,11 +30,12 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from fraiseql_observability.metricsdb.rollups import closed_rollups_query
 from fraiseql_observability.sketch import bucket_value, quantile_from_buckets
 
 from .cache import split_window
 from .sqlshape import IndexDefinition, KeyExpr, parse_index_definition, parse_query_shape
-from .stats import closed_rollups_query, merge_sketches
+from .stats import merge_sketches
 
 __all__ = [
     "ColumnStat",

@@ -20,13 +20,17 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
 
 from fraiseql_observability.errors import FraiseqlError
+from fraiseql_observability.metricsdb.rollups import (
+    StatsLevel,
+    closed_rollups_query,
+)
 from fraiseql_observability.secrets import mask_secrets, mask_url
 from fraiseql_observability.sketch import (
     ZERO_KEY,
@@ -37,13 +41,9 @@ from fraiseql_observability.sketch import (
 
 __all__ = [
     "ALL_REGIONS",
-    "HOURLY_LEVEL_FROM",
     "PatternStats",
     "StatsError",
-    "StatsLevel",
     "StatsReport",
-    "choose_level",
-    "closed_rollups_query",
     "merge_sketches",
     "pattern_stats",
     "pattern_stats_all_regions",
@@ -104,11 +104,6 @@ def merge_sketches(
             merged[new_key] = merged.get(new_key, 0.0) + weight
     ordered = sorted(merged)
     return coarse, ordered, [merged[k] for k in ordered]
-
-
-def _utc(moment: datetime) -> datetime:
-    # Naive means UTC, as on the command line.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def pattern_stats(
@@ -176,47 +171,6 @@ def _build(rows: Sequence[tuple[Any, ...]]) -> list[PatternStats]:
     return patterns
 
 
-# --- levels: minute rollups, or hourly cells for long periods ------------------------------------
-
-StatsLevel = Literal["minute", "hourly"]
-
-# From this period length on, whole hours are read from fraiseql_metrics.rollups_hourly: one row
-# per pattern, region and hour instead of up to 60 × (source partitions) minute rows. Below it the
-# gain is small and the minute level is the simplest truth.
-HOURLY_LEVEL_FROM: Final = timedelta(hours=6)
-_HOUR: Final = timedelta(hours=1)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-# The columns both levels share: what a reader may aggregate over ``closed``.
-_LEVEL_COLUMNS: Final = sql.SQL(
-    "fingerprint, region, event_count, count, error_count, cache_hits, rows_sum, exec_sum_ms,"
-    " exec_min_ms, exec_max_ms, sql_generation_sum_ms, db_round_trip_sum_ms, projection_sum_ms,"
-    " sketch_alpha, sketch_keys, sketch_weights"
-)
-
-_CLOSED_MINUTE: Final = sql.SQL(
-    "SELECT {columns} FROM fraiseql_metrics.rollups"
-    " WHERE window_start >= %(start)s AND window_start < %(end)s AND window_end <= %(end)s"
-).format(columns=_LEVEL_COLUMNS)
-
-# The same closed windows with the whole hours [h0, h1) read from their hourly cells. A cell holds
-# the minute windows lying inside its hour, so the minute level only contributes the ragged edges
-# [start, h0) and [h1, end) and the windows that cross an hour boundary (in no cell; found through
-# the partial index rollups_cross_hour_idx, whose predicate is repeated here verbatim so that the
-# planner can use it). The four parts are disjoint and together are exactly _CLOSED_MINUTE.
-_CLOSED_HOURLY: Final = sql.SQL(
-    "SELECT {columns} FROM fraiseql_metrics.rollups_hourly"
-    " WHERE hour_start >= %(h0)s AND hour_start < %(h1)s"
-    " UNION ALL SELECT {columns} FROM fraiseql_metrics.rollups"
-    " WHERE window_start >= %(start)s AND window_start < %(h0)s AND window_end <= %(end)s"
-    " UNION ALL SELECT {columns} FROM fraiseql_metrics.rollups"
-    " WHERE window_start >= %(h1)s AND window_start < %(end)s AND window_end <= %(end)s"
-    " UNION ALL SELECT {columns} FROM fraiseql_metrics.rollups"
-    " WHERE window_start >= %(h0)s AND window_start < %(h1)s AND window_end <= %(end)s"
-    " AND window_end - pg_catalog.date_bin('1 hour', window_start, '2000-01-01 00:00:00+00')"
-    " > interval '1 hour'"
-).format(columns=_LEVEL_COLUMNS)
-
 # The aggregation over either level's closed windows (merged sketches, summed counts).
 # One row per (pattern, region, sketch alpha) with the totals of the (pattern, region) repeated:
 # sketches of different alphas cannot be merged bucket by bucket, so they are merged in Python
@@ -248,40 +202,6 @@ LEFT JOIN sketches AS s USING (fingerprint, region)
 LEFT JOIN fraiseql_metrics.patterns AS p USING (fingerprint)
 ORDER BY t.fingerprint, t.region, s.alpha
 """
-
-
-def choose_level(start: datetime, end: datetime) -> StatsLevel:
-    """``hourly`` for periods of :data:`HOURLY_LEVEL_FROM` or longer, else ``minute``.
-
-    Both give the same statistics (sums within float rounding; identical merged sketches, hence
-    identical percentiles), as long as the minute rows of the period are still kept: past the
-    minute retention only the hourly level has data.
-    """
-    return "hourly" if _utc(end) - _utc(start) >= HOURLY_LEVEL_FROM else "minute"
-
-
-def closed_rollups_query(
-    start: datetime, end: datetime, level: StatsLevel | None = None
-) -> tuple[sql.Composed, dict[str, datetime]]:
-    """The closed windows inside ``[start, end)`` from the chosen level: ``(query, params)``.
-
-    Columns: fingerprint, region, event_count, count, error_count, cache_hits, rows_sum,
-    exec_sum_ms, exec_min_ms, exec_max_ms, sql_generation_sum_ms, db_round_trip_sum_ms,
-    projection_sum_ms, sketch_alpha, sketch_keys, sketch_weights. Use it as
-    ``sql.SQL("WITH closed AS ({}) SELECT … GROUP BY fingerprint, region").format(query)``:
-    sum the sums, take min/max of min/max, merge sketches bucket-wise (never average per-row
-    percentiles). ``level`` None: :func:`choose_level`.
-    """
-    start, end = _utc(start), _utc(end)
-    if end <= start:
-        raise ValueError("end must be after start")
-    if (level or choose_level(start, end)) == "minute":
-        return _CLOSED_MINUTE, {"start": start, "end": end}
-    h0 = start + (_EPOCH - start) % _HOUR  # first whole hour at or after start
-    h1 = end - (end - _EPOCH) % _HOUR  # end of the last whole hour before end
-    if h1 <= h0:  # no whole hour inside: everything comes from the minute level
-        h0 = h1 = start
-    return _CLOSED_HOURLY, {"start": start, "end": end, "h0": h0, "h1": h1}
 
 
 def pattern_stats_at_level(

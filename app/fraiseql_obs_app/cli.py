@@ -83,7 +83,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from fraiseql_obs_sinks.migrate import migrate  # noqa: PLC0415 - import cost only for this command
+    from fraiseql_observability.metricsdb.migrate import migrate  # noqa: PLC0415 - import cost only for this command
 
     settings = _settings(args, **{"database.url": args.database})
     applied = migrate(settings.database_url)

@@ -135,7 +135,7 @@ def run_demo(*, events: int, minutes: int, streams: int, workdir: Path, admin_ur
     settings: Settings = load_settings(config, environ={})
     _say(f"metrics database {mask_url(database_url)}; topics {prefix}*; logs in {logs}")
 
-    from fraiseql_obs_sinks.migrate import migrate  # noqa: PLC0415
+    from fraiseql_observability.metricsdb.migrate import migrate  # noqa: PLC0415
 
     applied = migrate(database_url)
     _say(f"migrated the metrics schema ({len(applied)} migrations)")
@@ -276,7 +276,7 @@ def run_closed_loop(*, queries: int, rows: int, workdir: Path, admin_url: str, b
     from fraiseql_obs_producers.appdb import create_demo_app_db  # noqa: PLC0415
     from fraiseql_obs_producers.execute import run_real_workload  # noqa: PLC0415
     from fraiseql_obs_producers.table_stats import publish_table_stats, snapshot_table_stats  # noqa: PLC0415
-    from fraiseql_obs_sinks.migrate import migrate  # noqa: PLC0415
+    from fraiseql_observability.metricsdb.migrate import migrate  # noqa: PLC0415
 
     started = time.monotonic()
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:4]

@@ -1,6 +1,5 @@
 """The sink stage: Kafka rollups and table statistics → the metrics PostgreSQL database.
 
-* :func:`migrate` creates or upgrades the ``fraiseql_metrics`` schema, its roles and partitions;
 * :class:`RollupWriter` writes batches idempotently in one transaction each, keeping the hourly
   roll-up level exact (see ``DESIGN.md``);
 * :func:`run_sink` is the consumer loop (``fraiseql-cli sink``);
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     InvalidRecord,
-    MigrationError,
     RecordRejected,
     RetentionError,
     SinkError,
@@ -23,7 +21,6 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .migrate import migrate
     from .records import RollupRow, TableStatsRow
     from .retention import drop_expired_partitions
     from .worker import run_sink
@@ -31,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "InvalidRecord",
-    "MigrationError",
     "RecordRejected",
     "RetentionError",
     "RollupRow",
@@ -41,12 +37,10 @@ __all__ = [
     "WriteFailed",
     "WriteResult",
     "drop_expired_partitions",
-    "migrate",
     "run_sink",
 ]
 
 _LAZY = {
-    "migrate": "migrate",
     "RollupRow": "records",
     "TableStatsRow": "records",
     "drop_expired_partitions": "retention",

@@ -16,7 +16,6 @@ from fraiseql_observability.errors import FraiseqlError
 
 __all__ = [
     "InvalidRecord",
-    "MigrationError",
     "RecordRejected",
     "RetentionError",
     "SinkError",
@@ -26,10 +25,6 @@ __all__ = [
 
 class SinkError(FraiseqlError):
     """Root of the sink package's exceptions."""
-
-
-class MigrationError(SinkError):
-    """The metrics schema cannot be created or upgraded (lock timeout, edited migration …)."""
 
 
 class InvalidRecord(SinkError):

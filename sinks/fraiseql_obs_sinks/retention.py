@@ -35,10 +35,10 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from fraiseql_observability.metricsdb import SCHEMA
 from fraiseql_observability.secrets import mask_secrets, mask_url
 
 from .errors import RetentionError
-from .migrate import SCHEMA
 
 __all__ = [
     "MINUTE_TABLE",

@@ -50,11 +50,11 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from fraiseql_observability.config import DatabaseSettings
+from fraiseql_observability.metricsdb import SCHEMA
 from fraiseql_observability.secrets import mask_secrets
 
 from .errors import RecordRejected, WriteFailed
 from .metrics import LAST_WRITE, ROWS_WRITTEN
-from .migrate import SCHEMA
 from .records import DEFAULT_LIMITS, RecordLimits, RollupRow, TableStatsRow
 
 __all__ = ["HOUR", "HourlyCell", "RollupWriter", "WriteResult", "hour_start", "hourly_cells"]

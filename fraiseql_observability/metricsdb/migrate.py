@@ -1,6 +1,6 @@
 """Create or upgrade the metrics schema (``fraiseql-cli migrate``, SPEC §5 and §6).
 
-Versioned SQL files ``sinks/migrations/NNNN_name.sql`` are applied in order, each in its own
+Versioned SQL files ``migrations/NNNN_name.sql`` (beside this file) are applied in order, each in its own
 transaction together with its row in ``fraiseql_metrics.schema_migrations`` — a migration is either
 fully applied and recorded, or not at all. A session-level advisory lock makes concurrent runs
 (two deploys starting at once) safe: the second waits, then finds nothing left to apply.
@@ -26,9 +26,9 @@ from typing import Final
 
 import psycopg
 
-from fraiseql_observability.secrets import mask_secrets, mask_url
-
-from .errors import MigrationError
+from ..errors import FraiseqlError
+from ..secrets import mask_secrets, mask_url
+from . import SCHEMA
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -36,6 +36,7 @@ __all__ = [
     "PRECREATE_PAST_DAYS",
     "SCHEMA",
     "Migration",
+    "MigrationError",
     "load_migrations",
     "migrate",
     "utc_day_start",
@@ -43,7 +44,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA: Final = "fraiseql_metrics"
+
+class MigrationError(FraiseqlError):
+    """The metrics schema cannot be created or upgraded (lock timeout, edited migration …)."""
+
+
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 PRECREATE_PAST_DAYS: Final = 2
 PRECREATE_FUTURE_DAYS: Final = 7
