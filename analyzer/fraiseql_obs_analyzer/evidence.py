@@ -11,7 +11,8 @@ appeared.
 
 Every read of rollups goes through
 :func:`fraiseql_observability.metricsdb.rollups.closed_rollups_query`, which reads whole hours from
-the hourly level for long windows and the minute rows otherwise (the two give the same sums and identical merged sketches); this module never names a rollup table itself.
+the hourly level for long windows and the minute rows otherwise (the two give the same sums and
+identical merged sketches); this module never names a rollup table itself.
 
 Two phases keep a long window cheap: :func:`load_pattern_totals` (sums only: one row per pattern
 and region) for every pattern, then :func:`load_sketches` only for the patterns a suggestion is
