@@ -1,4 +1,5 @@
-"""``fraiseql_obs_sinks.retention``: whole expired partitions are dropped, nothing else, even under load."""
+"""``fraiseql_observability.metricsdb.retention``: whole expired partitions are dropped, nothing else,
+even under load."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from fraiseql_obs_sinks.errors import RetentionError
-from fraiseql_obs_sinks.retention import drop_expired_partitions
 from fraiseql_obs_sinks.writer import RollupWriter
+from fraiseql_observability.metricsdb.retention import RetentionError, drop_expired_partitions
 from tests.test_sink import MICROS, make_rollup, make_table_stats, scalar
 
 pytestmark = pytest.mark.postgres

@@ -24,13 +24,13 @@ from pydantic import SecretStr
 
 from fraiseql_obs_sinks.errors import InvalidRecord, WriteFailed
 from fraiseql_obs_sinks.records import DEFAULT_LIMITS, RollupRow, TableStatsRow
-from fraiseql_obs_sinks.retention import drop_expired_partitions
 from fraiseql_obs_sinks.worker import run_sink
 from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_obs_streams.windowing import rollup_id
 from fraiseql_observability.codec import DEAD_LETTER, QUERY_ROLLUP, TABLE_STATS, default_codec
 from fraiseql_observability.config import DatabaseSettings, KafkaSettings, Settings, SinkSettings
 from fraiseql_observability.kafka import ensure_topics
+from fraiseql_observability.metricsdb.retention import drop_expired_partitions
 from fraiseql_observability.sketch import DEFAULT_ALPHA, QuantileSketch
 
 MICROS = 1_000_000

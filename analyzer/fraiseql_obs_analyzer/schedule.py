@@ -105,7 +105,7 @@ def _set_gauges(analysis: Analysis) -> int:
 def run_once(settings: Settings, *, validate_with: str | None = None,
              now: datetime | None = None, retention: bool = True) -> RunResult:
     """One scheduled analysis with all its side effects (see the module docstring)."""
-    from fraiseql_obs_sinks.retention import drop_expired_partitions  # noqa: PLC0415 - sinks owns retention
+    from fraiseql_observability.metricsdb.retention import drop_expired_partitions  # noqa: PLC0415
 
     started = time.monotonic()
     url = settings.database_url

@@ -240,7 +240,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from fraiseql_obs_sinks.retention import drop_expired_partitions  # noqa: PLC0415
+    from fraiseql_observability.metricsdb.retention import drop_expired_partitions  # noqa: PLC0415
 
     settings = _settings(args, **{"database.url": args.database})
     dropped = drop_expired_partitions(

@@ -3,9 +3,8 @@
 * :class:`RollupWriter` writes batches idempotently in one transaction each, keeping the hourly
   roll-up level exact (see ``DESIGN.md``);
 * :func:`run_sink` is the consumer loop (``fraiseql-cli sink``);
-* :func:`drop_expired_partitions` is retention (``fraiseql-cli retention``).
 
-Submodules are imported lazily so that ``fraiseql-cli migrate`` does not load the Kafka client.
+Submodules are imported lazily: importing the errors loads neither Kafka nor PostgreSQL clients.
 """
 
 from __future__ import annotations
@@ -15,35 +14,30 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     InvalidRecord,
     RecordRejected,
-    RetentionError,
     SinkError,
     WriteFailed,
 )
 
 if TYPE_CHECKING:
     from .records import RollupRow, TableStatsRow
-    from .retention import drop_expired_partitions
     from .worker import run_sink
     from .writer import RollupWriter, WriteResult
 
 __all__ = [
     "InvalidRecord",
     "RecordRejected",
-    "RetentionError",
     "RollupRow",
     "RollupWriter",
     "SinkError",
     "TableStatsRow",
     "WriteFailed",
     "WriteResult",
-    "drop_expired_partitions",
     "run_sink",
 ]
 
 _LAZY = {
     "RollupRow": "records",
     "TableStatsRow": "records",
-    "drop_expired_partitions": "retention",
     "run_sink": "worker",
     "RollupWriter": "writer",
     "WriteResult": "writer",

@@ -17,7 +17,6 @@ from fraiseql_observability.errors import FraiseqlError
 __all__ = [
     "InvalidRecord",
     "RecordRejected",
-    "RetentionError",
     "SinkError",
     "WriteFailed",
 ]
@@ -47,11 +46,3 @@ class RecordRejected(SinkError):
 
 class WriteFailed(SinkError):
     """A batch could not be written for a reason unrelated to its data; retry the same batch."""
-
-
-class RetentionError(SinkError):
-    """Some expired partitions could not be dropped; ``dropped`` lists those that were."""
-
-    def __init__(self, message: str, dropped: list[str]) -> None:
-        super().__init__(message)
-        self.dropped = dropped

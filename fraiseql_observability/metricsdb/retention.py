@@ -35,15 +35,15 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from fraiseql_observability.metricsdb import SCHEMA
-from fraiseql_observability.secrets import mask_secrets, mask_url
-
-from .errors import RetentionError
+from ..errors import FraiseqlError
+from ..secrets import mask_secrets, mask_url
+from . import SCHEMA
 
 __all__ = [
     "MINUTE_TABLE",
     "PARTITIONED_TABLES",
     "Partition",
+    "RetentionError",
     "drop_expired_partitions",
     "list_partitions",
 ]
@@ -73,6 +73,15 @@ JOIN pg_catalog.pg_namespace pn ON pn.oid = parent.relnamespace
 WHERE pn.nspname = %s AND parent.relname = ANY(%s)
 ORDER BY 5 NULLS LAST, 2
 """
+
+
+class RetentionError(FraiseqlError):
+    """Some expired partitions could not be dropped; ``dropped`` lists those that were."""
+
+    def __init__(self, message: str, dropped: list[str]) -> None:
+        super().__init__(message)
+        self.dropped = dropped
+
 
 
 @dataclass(frozen=True, slots=True)
