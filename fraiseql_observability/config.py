@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
@@ -117,6 +116,10 @@ class AnalysisSettings(_Section):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
+        # Imported here, not at the top: pydantic validates a schedule only when one is configured,
+        # and an API process that loads settings for its recorder must not pay for croniter.
+        from croniter import croniter  # noqa: PLC0415
+
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError("not a 5-field cron expression")
         return value

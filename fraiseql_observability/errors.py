@@ -6,7 +6,7 @@ Each subsystem derives its own exceptions from :class:`FraiseqlError`, so a call
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DecodeError", "FraiseqlError"]
+__all__ = ["ConfigError", "DecodeError", "FraiseqlError", "UsageError"]
 
 
 class FraiseqlError(Exception):
@@ -15,6 +15,10 @@ class FraiseqlError(Exception):
 
 class ConfigError(FraiseqlError):
     """A configuration value is missing or outside its allowed range (exit code 2)."""
+
+
+class UsageError(FraiseqlError):
+    """A command used wrongly: flags that contradict each other, a malformed argument (exit code 2)."""
 
 
 class DecodeError(FraiseqlError):

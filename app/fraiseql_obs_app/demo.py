@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import json
+import math
 import os
 import subprocess
 import sys
@@ -27,8 +29,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from fraiseql_observability.config import Settings, load_settings
+from fraiseql_obs_analyzer.analyze import AnalyzeOptions, run_analysis
+from fraiseql_obs_producers.appdb import create_demo_app_db
+from fraiseql_obs_producers.execute import run_real_workload
+from fraiseql_obs_producers.loadgen import run_loadgen
+from fraiseql_obs_producers.table_stats import publish_table_stats, snapshot_table_stats
+from fraiseql_observability.config import ENV_OVERRIDES, Settings, load_settings
 from fraiseql_observability.kafka import admin_client, ensure_topics
+from fraiseql_observability.metricsdb.migrate import migrate
 from fraiseql_observability.secrets import mask_url
 
 __all__ = ["main", "run_demo"]
@@ -86,7 +94,6 @@ metrics_port = 0
 def _child_env() -> dict[str, str]:
     """The demo's config file names every setting: drop FRAISEQL_* overrides (environment beats
     the file, SPEC §4), which would otherwise point the workers at the stack's default database."""
-    from fraiseql_observability.config import ENV_OVERRIDES  # noqa: PLC0415
 
     return {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
 
@@ -135,7 +142,6 @@ def run_demo(*, events: int, minutes: int, streams: int, workdir: Path, admin_ur
     settings: Settings = load_settings(config, environ={})
     _say(f"metrics database {mask_url(database_url)}; topics {prefix}*; logs in {logs}")
 
-    from fraiseql_observability.metricsdb.migrate import migrate  # noqa: PLC0415
 
     applied = migrate(database_url)
     _say(f"migrated the metrics schema ({len(applied)} migrations)")
@@ -143,7 +149,6 @@ def run_demo(*, events: int, minutes: int, streams: int, workdir: Path, admin_ur
 
     with _workers(config, logs, streams) as procs:
         _say(f"started {streams} stream workers and 1 sink (pids {', '.join(str(p.pid) for p in procs)})")
-        from fraiseql_obs_producers.loadgen import run_loadgen  # noqa: PLC0415
 
         report = run_loadgen(settings, count=events, backfill=timedelta(minutes=minutes),
                              regions=["us-east-1", "eu-west-1"], seed=42)
@@ -246,8 +251,6 @@ def _apply_sql(app_url: str, sql_text: str, path: Path) -> None:
 
 def _chart(path: Path, rows: list[tuple[str, float, float]]) -> None:
     """A small self-contained HTML bar chart of p95 before/after (log scale)."""
-    import html  # noqa: PLC0415
-    import math  # noqa: PLC0415
 
     top = max(max(b, a) for _, b, a in rows)
     scale = 480 / math.log10(max(top, 10) * 10)
@@ -272,11 +275,6 @@ def _chart(path: Path, rows: list[tuple[str, float, float]]) -> None:
 
 def run_closed_loop(*, queries: int, rows: int, workdir: Path, admin_url: str, bootstrap: str) -> int:
     """Real workload → suggestions → apply the top one → same workload → before/after."""
-    from fraiseql_obs_analyzer.analyze import AnalyzeOptions, run_analysis  # noqa: PLC0415
-    from fraiseql_obs_producers.appdb import create_demo_app_db  # noqa: PLC0415
-    from fraiseql_obs_producers.execute import run_real_workload  # noqa: PLC0415
-    from fraiseql_obs_producers.table_stats import publish_table_stats, snapshot_table_stats  # noqa: PLC0415
-    from fraiseql_observability.metricsdb.migrate import migrate  # noqa: PLC0415
 
     started = time.monotonic()
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:4]

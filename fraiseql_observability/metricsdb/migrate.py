@@ -26,8 +26,9 @@ from typing import Final
 
 import psycopg
 
+from ..db import connect
 from ..errors import FraiseqlError
-from ..secrets import mask_secrets, mask_url
+from ..secrets import mask_secrets
 from . import SCHEMA
 
 __all__ = [
@@ -156,17 +157,8 @@ def migrate(
     CREATE on the database (it becomes a member of ``fraiseql_maintainer``).
     """
     migrations = load_migrations()
-    try:
-        conn = psycopg.connect(
-            url,
-            autocommit=True,
-            connect_timeout=max(1, round(connect_timeout_secs)),
-            application_name="fraiseql-migrate",
-        )
-    except psycopg.Error as exc:
-        raise MigrationError(
-            f"cannot connect to {mask_url(url)}: {mask_secrets(str(exc)).strip()}"
-        ) from None
+    conn = connect(url, application_name="fraiseql-migrate", autocommit=True,
+                   connect_timeout=connect_timeout_secs, error=MigrationError)
     applied_now: list[str] = []
     try:
         _acquire_lock(conn, lock_timeout_secs)

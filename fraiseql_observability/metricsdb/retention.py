@@ -35,6 +35,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from ..db import connect
 from ..errors import FraiseqlError
 from ..secrets import mask_secrets, mask_url
 from . import SCHEMA
@@ -78,10 +79,9 @@ ORDER BY 5 NULLS LAST, 2
 class RetentionError(FraiseqlError):
     """Some expired partitions could not be dropped; ``dropped`` lists those that were."""
 
-    def __init__(self, message: str, dropped: list[str]) -> None:
+    def __init__(self, message: str, dropped: list[str] | None = None) -> None:
         super().__init__(message)
-        self.dropped = dropped
-
+        self.dropped: list[str] = dropped or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +173,8 @@ def drop_expired_partitions(
     dropped: list[str] = []
     busy: list[str] = []
     try:
-        with psycopg.connect(
-            url, autocommit=True, connect_timeout=10, application_name="fraiseql-retention"
-        ) as conn:
+        with connect(url, application_name="fraiseql-retention", autocommit=True,
+                     error=RetentionError, what="the metrics database") as conn:
             conn.execute("SET TimeZone = 'UTC'")
             expired = [
                 p for p in list_partitions(conn)

@@ -1,0 +1,1 @@
+"""One module per stage: the ``cmd_<name>`` functions that ``fraiseql-cli`` dispatches to."""

@@ -1,0 +1,26 @@
+"""The stream stage's commands: ``stream`` (one worker) and ``replay`` (backfill)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+from fraiseql_obs_streams.replay import replay, terminal_progress
+from fraiseql_obs_streams.worker import run_stream_worker
+from fraiseql_observability.errors import UsageError
+
+from ..common import settings_from, stop_event
+
+
+def cmd_stream(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+    run_stream_worker(settings, stop=stop_event())
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+    end = args.to or datetime.now(UTC)
+    if end <= args.start:
+        raise UsageError(f"--to {end.isoformat()} must be after --from {args.start.isoformat()}")
+    report = replay(settings, args.start, end, progress=terminal_progress(), stop=stop_event())
+    print(report.summary())
