@@ -30,7 +30,7 @@ def connect(
     read_only: bool = False,
     autocommit: bool = False,
     statement_timeout: float | None = None,
-    connect_timeout: float = 10.0,
+    connect_timeout: float | None = 10.0,
     settings: Mapping[str, str] | None = None,
     error: type[FraiseqlError] = FraiseqlError,
     what: str = "",
@@ -38,20 +38,20 @@ def connect(
     """Open a session on ``url``.
 
     ``statement_timeout`` is in seconds (None: the server's default); ``settings`` are further
-    server parameters set for the session (``{"work_mem": "64MB"}``). A connection failure raises
+    server parameters set for the session (``{"work_mem": "64MB"}``); ``connect_timeout`` None
+    leaves it to the URL or libpq. A connection failure raises
     ``error("cannot connect to <what> <masked url>: <reason>")``.
     """
     options = dict(settings or {})
     if statement_timeout is not None:
-        options["statement_timeout"] = str(int(statement_timeout * 1000))
+        options["statement_timeout"] = str(round(statement_timeout * 1000))
+    params: dict[str, Any] = {"application_name": application_name}
+    if connect_timeout is not None:  # None: libpq's (or the URL's connect_timeout=)
+        params["connect_timeout"] = max(1, round(connect_timeout))
+    if options:
+        params["options"] = " ".join(f"-c {name}={value}" for name, value in options.items())
     try:
-        conn = psycopg.connect(
-            url,
-            autocommit=autocommit,
-            connect_timeout=max(1, round(connect_timeout)),
-            application_name=application_name,
-            options=" ".join(f"-c {name}={value}" for name, value in options.items()),
-        )
+        conn = psycopg.connect(url, autocommit=autocommit, **params)
     except psycopg.Error as exc:
         target = f"{what} " if what else ""
         raise error(f"cannot connect to {target}{mask_url(url)}: {describe_error(exc)}") from None

@@ -16,6 +16,7 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 MICROS: Final = 1_000_000  # microseconds per second
 MINUTE: Final = timedelta(minutes=1)
 HOUR: Final = timedelta(hours=1)
+_ONE_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def now_micros() -> int:
@@ -27,7 +28,7 @@ def to_micros(moment: datetime) -> int:
     """Microseconds since the epoch of an aware datetime (a naive one is taken as UTC)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // timedelta(microseconds=1)
+    return (moment - EPOCH) // _ONE_MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:

@@ -6,22 +6,28 @@
 * :func:`generate_events` / :func:`run_loadgen` -- already-sampled synthetic events of a
   FraiseQL-shaped :class:`Workload`, with the exact ground truth in a :class:`LoadgenReport`.
 
-Not imported here, so an API process that only records pays for none of them (and exports no
-table-stats metrics): :mod:`fraiseql_obs_producers.appdb` (the demo application database),
-:mod:`fraiseql_obs_producers.execute` (real-execution load against it) and
-:mod:`fraiseql_obs_producers.table_stats` (the
-table-statistics snapshot job).
+Only the recorder side is imported eagerly, so an API process that records pays for nothing
+else: the load generator's names (:mod:`~fraiseql_obs_producers.loadgen`,
+:mod:`~fraiseql_obs_producers.workload`) are imported on first use. Never imported from here at
+all (and exporting no table-stats metrics until imported): :mod:`fraiseql_obs_producers.appdb`
+(the demo application database), :mod:`fraiseql_obs_producers.execute` (real-execution load
+against it), :mod:`fraiseql_obs_producers.table_snapshot` (reading table statistics) and
+:mod:`fraiseql_obs_producers.table_stats` (the job publishing them).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .encoding import EventIdFactory, QueryEventEncoder
 from .errors import LoadgenError, ProducerError
 from .fingerprint import fingerprint_sql
-from .loadgen import EventModel, LoadgenReport, PatternTotals, generate_events, run_loadgen
 from .recorder import DROP_REASONS, Recorder, RecorderStats
 from .sampling import Sampler
-from .workload import DEFAULT_REGIONS, QueryPattern, Workload, default_workload
+
+if TYPE_CHECKING:
+    from .loadgen import EventModel, LoadgenReport, PatternTotals, generate_events, run_loadgen
+    from .workload import DEFAULT_REGIONS, QueryPattern, Workload, default_workload
 
 __all__ = [
     "DEFAULT_REGIONS",
@@ -43,3 +49,24 @@ __all__ = [
     "generate_events",
     "run_loadgen",
 ]
+
+_LAZY = {
+    "EventModel": "loadgen",
+    "LoadgenReport": "loadgen",
+    "PatternTotals": "loadgen",
+    "generate_events": "loadgen",
+    "run_loadgen": "loadgen",
+    "DEFAULT_REGIONS": "workload",
+    "QueryPattern": "workload",
+    "Workload": "workload",
+    "default_workload": "workload",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module  # noqa: PLC0415 - lazy by design
+
+    return getattr(import_module(f"{__name__}.{module}"), name)

@@ -35,7 +35,8 @@ from typing import Final
 import psycopg
 from psycopg import sql
 
-from fraiseql_observability.secrets import mask_secrets, mask_url
+from fraiseql_observability.db import connect, describe_error
+from fraiseql_observability.secrets import mask_url
 
 from .errors import ProducerError
 from .workload import (
@@ -291,15 +292,19 @@ def create_demo_app_db(url: str, *, rows: int = 400_000, seed: int = 0) -> None:
         raise AppDbError(f"rows = {rows}: must be >= 1")
     sizes = demo_table_rows(rows)
     started = time.monotonic()
+    conn = connect(url, application_name="fraiseql-appdb", autocommit=True, statement_timeout=0,
+                   settings={
+                       "maintenance_work_mem": "256MB",
+                       # tv_order joins the embedded customer objects: an in-memory hash join
+                       # keeps the rows in id order (a merge join or a batched hash would
+                       # scatter them; a real table is appended in creation order, and
+                       # created_at follows id).
+                       "work_mem": "128MB",
+                       "enable_mergejoin": "off",
+                   },
+                   error=AppDbError, what="the application database")
     try:
-        with psycopg.connect(url, autocommit=True, application_name="fraiseql-appdb") as conn:
-            conn.execute("SET statement_timeout = 0")
-            conn.execute("SET maintenance_work_mem = '256MB'")
-            # tv_order joins the embedded customer objects: an in-memory hash join keeps the rows
-            # in id order (a merge join or a batched hash would scatter them; a real table is
-            # appended in creation order, and created_at follows id).
-            conn.execute("SET work_mem = '128MB'")
-            conn.execute("SET enable_mergejoin = off")
+        with conn:
             with conn.transaction():
                 for view in VIEWS:
                     table = sql.Identifier(view)
@@ -317,7 +322,7 @@ def create_demo_app_db(url: str, *, rows: int = 400_000, seed: int = 0) -> None:
                 conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(view)))
     except psycopg.Error as exc:
         raise AppDbError(f"cannot build the demo database at {mask_url(url)}: "
-                         f"{mask_secrets(str(exc).strip())}") from None
+                         f"{describe_error(exc)}") from None
     log.info("demo database built: %s rows (%s) in %.1f s (load %.1f s, vacuum+analyze %.1f s)",
              sum(sizes.values()), ", ".join(f"{v}={n}" for v, n in sizes.items()),
              time.monotonic() - started, loaded - started, time.monotonic() - loaded)

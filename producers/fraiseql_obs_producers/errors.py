@@ -1,10 +1,10 @@
-"""Exceptions of the producers (API-side recorder and load generator)."""
+"""Exceptions of the producers (API-side recorder, load generator, table-statistics job)."""
 
 from __future__ import annotations
 
 from fraiseql_observability.errors import FraiseqlError
 
-__all__ = ["LoadgenError", "ProducerError"]
+__all__ = ["LoadgenError", "ProducerError", "TableStatsError"]
 
 
 class ProducerError(FraiseqlError):
@@ -17,3 +17,8 @@ class ProducerError(FraiseqlError):
 
 class LoadgenError(ProducerError):
     """The load generator was given arguments that cannot describe a run (exit code 2)."""
+
+
+class TableStatsError(ProducerError):
+    """A table-statistics snapshot could not be taken or published (runtime failure), or bad
+    arguments to the job."""

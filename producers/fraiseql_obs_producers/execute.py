@@ -55,6 +55,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fraiseql_observability.config import Settings
 from fraiseql_observability.secrets import mask_secrets, mask_url
+from fraiseql_observability.timeutil import now_micros
 
 from .errors import LoadgenError, ProducerError
 from .recorder import Recorder, RecorderStats
@@ -366,7 +367,7 @@ def _worker(pool: ConnectionPool[Any], recorder: Recorder, workload: Workload, r
     while not halt.is_set() and (quota is None or tally.done < quota):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        occurred_us = time.time_ns() // 1000
+        occurred_us = now_micros()
         t0 = clock()
         pattern = workload.pick(rng)
         params = bind_arguments(pattern.params(rng))

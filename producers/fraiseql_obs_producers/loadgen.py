@@ -47,6 +47,7 @@ from confluent_kafka import Producer
 from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import Settings
 from fraiseql_observability.kafka import ensure_topics, producer_config
+from fraiseql_observability.timeutil import MICROS, now_micros
 
 from .encoding import EventIdFactory, QueryEventEncoder
 from .errors import LoadgenError
@@ -401,8 +402,8 @@ def run_loadgen(
             if rate is None:
                 raise LoadgenError("backfill needs --count or --rate (events/s of history)")
             count = int(rate * backfill.total_seconds())
-        end_us = time.time_ns() // 1000
-        start_us = end_us - int(backfill.total_seconds() * 1_000_000)
+        end_us = now_micros()
+        start_us = end_us - int(backfill.total_seconds() * MICROS)
         events: Iterator[dict[str, Any]] = _timed_events(model, count, start_us, end_us)
     else:
         events = _live_events(model, count, duration, rate, stop)
@@ -477,4 +478,4 @@ def _live_events(model: EventModel, count: int | None, duration: float | None,
         if stop is not None and stop.is_set():
             return
         produced += 1
-        yield model.draw(time.time_ns() // 1000)
+        yield model.draw(time.time_ns() // 1000)  # now_micros(), inlined: once per event

@@ -35,7 +35,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 from fraiseql_observability.config import Settings
 from fraiseql_observability.kafka import KafkaUnavailable, ensure_topics, producer_config
 from fraiseql_observability.metrics import serve_metrics
+from fraiseql_observability.timeutil import to_micros
 
 from .encoding import EventIdFactory, QueryEventEncoder
 from .fingerprint import fingerprint_sql
@@ -66,8 +67,6 @@ DROP_REASONS: Final = (
     "closed",           # recorded after close()
 )
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 # While messages are in flight the background thread polls librdkafka at least this often, so
 # acknowledgements free buffer slots promptly; idle, it sleeps up to _IDLE_WAIT_SECS.
 _POLL_SECS: Final = 0.02
@@ -167,14 +166,6 @@ _SERVED_LOCK = threading.Lock()
 
 def _default_instance() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:512]
-
-
-def _micros(value: datetime | int) -> int:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)  # naive means UTC: the schema is UTC
-        return (value - _EPOCH) // _MICROSECOND
-    return int(value)
 
 
 class Recorder:
@@ -507,11 +498,15 @@ class Recorder:
                     shape = self._shape(sql, query_name, instance)
                 fingerprint, strings = shape
                 if occurred_at is None:
+                    # timeutil.now_micros() split in two and inlined: the clock is read in
+                    # record() (time.time_ns, no extra call there), the division done here.
                     occurred_us = now_ns // 1000
                     if 0.0 <= execution_ms <= _MAX_DURATION_MS:  # False for NaN too
                         occurred_us -= int(execution_ms * 1000.0)
+                elif isinstance(occurred_at, datetime):
+                    occurred_us = to_micros(occurred_at)  # naive means UTC: the schema is UTC
                 else:
-                    occurred_us = _micros(occurred_at)
+                    occurred_us = int(occurred_at)
                 if encode is not None:
                     value = encode(new_id(), occurred_us, strings, execution_ms, generation_ms,
                                    round_trip_ms, projection_ms, rows, cache_hit, error, weight)

@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from fraiseql_observability.jsonpath import path_expression
+
 from .fingerprint import fingerprint_sql
 
 __all__ = [
@@ -152,8 +154,7 @@ class Workload:
 
 def _path_sql(path: Sequence[str]) -> str:
     """``data->'a'->>'b'``: FraiseQL's text extraction of a (nested) JSONB path."""
-    *parents, leaf = path
-    return "data" + "".join(f"->'{p}'" for p in parents) + f"->>'{leaf}'"
+    return path_expression("data", path)
 
 
 def _by_id(view: str) -> ParamGenerator:
