@@ -8,10 +8,9 @@ import json
 import math
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from fraiseql_obs_app.cli import main
 from fraiseql_obs_producers.appdb import create_demo_app_db
 from fraiseql_obs_producers.workload import default_workload
 from fraiseql_observability.sketch import QuantileSketch
+from fraiseql_observability.timeutil import from_micros, now_micros
 from tests.fix_pg import _with_dbname
 from tests.fix_procs import clean_env
 from tests.test_analyzer_helpers import (
@@ -49,7 +49,7 @@ SPEC_KEYS = ["id", "type", "priority", "table", "json_column", "path", "columns"
 
 
 def now_minute_us() -> int:
-    return int(time.time()) // 60 * 60 * 1_000_000
+    return now_micros() // MINUTE * MINUTE
 
 
 def core_loads(scale: float = 2000.0) -> list[PatternLoad]:
@@ -374,8 +374,7 @@ def seed_applied_index(metrics_db: str) -> int:
 
 def test_applied_index_is_tracked_with_p95_before_and_after(metrics_db: str) -> None:
     applied_at = seed_applied_index(metrics_db)
-    suggested = run_analysis(metrics_db, AnalyzeOptions(window="1h", end=datetime.fromtimestamp(
-        applied_at / 1e6, UTC)))
+    suggested = run_analysis(metrics_db, AnalyzeOptions(window="1h", end=from_micros(applied_at)))
     suggestion_id = suggested.suggestions[0].id
     assert suggested.suggestions[0].columns == ("data->>'customer_email'",)
 
@@ -384,7 +383,7 @@ def test_applied_index_is_tracked_with_p95_before_and_after(metrics_db: str) -> 
     assert (change.kind, change.name, change.table) == ("index", "tv_order_customer_email_idx",
                                                         "tv_order")
     assert change.suggestion_id == suggestion_id
-    assert change.applied_between[1] == datetime.fromtimestamp((applied_at + MINUTE) / 1e6, UTC)
+    assert change.applied_between[1] == from_micros(applied_at + MINUTE)
     [pattern] = change.patterns
     assert pattern.query_name == PLANTED
     assert pattern.p95_before_ms is not None and pattern.p95_before_ms > 100

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -14,6 +13,7 @@ from fraiseql_obs_analyzer.cache import refresh_sketch_cache, split_window
 from fraiseql_obs_analyzer.errors import AnalyzerError
 from fraiseql_obs_analyzer.evidence import Sketch, load_sketches
 from fraiseql_obs_analyzer.report import analysis_document
+from fraiseql_observability.timeutil import now_micros, to_micros
 from tests.test_analyzer_analyze import core_loads, demo_table_stats
 from tests.test_analyzer_helpers import MINUTE, PatternLoad, rollup_records, seed_metrics
 from tests.test_sink import role_url
@@ -37,7 +37,7 @@ def comparable(document: dict[str, object]) -> str:
 def test_cached_days_give_the_same_analysis_and_follow_changes(metrics_db: str,
                                                                pg_admin_url: str) -> None:
     now = datetime.now(UTC)
-    end = int(now.timestamp()) // 60 * 60 * 1_000_000
+    end = to_micros(now) // MINUTE * MINUTE
     loads = [load for load in core_loads() if load.query_name in (
         "ordersByCustomerEmail", "ordersByStatus", "user", "revenueByRegion")]
     seed_metrics(metrics_db, loads, start_us=end - DAYS * 1440 * MINUTE, minutes=DAYS * 1440,
@@ -60,8 +60,8 @@ def test_cached_days_give_the_same_analysis_and_follow_changes(metrics_db: str,
 
     # A late rollup for yesterday (the sink refreshes that hour's cell): the day is stale, the
     # analysis reads it from the rollups again, and the next refresh rebuilds only that day.
-    yesterday_noon = int(datetime.combine(today - timedelta(days=1), datetime.min.time(),
-                                          UTC).timestamp() + 12 * 3600) * 1_000_000
+    yesterday_noon = to_micros(datetime.combine(today - timedelta(days=1), datetime.min.time(),
+                                                UTC)) + 12 * 60 * MINUTE
     planted = next(x for x in loads if x.query_name == "ordersByCustomerEmail")
     late = PatternLoad(planted.query_name, planted.sql, per_minute=50_000, median_ms=900.0,
                        regions=("ap-south-1",))
@@ -93,8 +93,8 @@ def test_cached_days_give_the_same_analysis_and_follow_changes(metrics_db: str,
 
 
 def test_analysts_cannot_write_the_cache(metrics_db: str, pg_admin_url: str) -> None:
-    seed_metrics(metrics_db, core_loads()[:1], start_us=int(time.time() - 2 * 86400) // 60 * 60
-                 * 1_000_000, minutes=10)
+    seed_metrics(metrics_db, core_loads()[:1], start_us=(now_micros() - 2 * 1440 * MINUTE)
+                 // MINUTE * MINUTE, minutes=10)
     with role_url(pg_admin_url, metrics_db, "fraiseql_analyst") as analyst, \
             pytest.raises(AnalyzerError, match="permission denied"):
         refresh_sketch_cache(analyst, retention_days=30)

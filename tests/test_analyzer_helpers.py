@@ -19,9 +19,9 @@ from fraiseql_obs_producers.fingerprint import fingerprint_sql
 from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_obs_streams.windowing import rollup_id
 from fraiseql_observability.sketch import DEFAULT_ALPHA, QuantileSketch
+from fraiseql_observability.timeutil import MICROS
 
-MICROS = 1_000_000
-MINUTE = 60 * MICROS
+MINUTE = 60 * MICROS  # a minute in microseconds (the rollups' unit)
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,11 @@ from fraiseql_obs_analyzer.stats import (
 )
 from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_observability.sketch import DEFAULT_ALPHA, QuantileSketch
+from fraiseql_observability.timeutil import from_micros
 from tests.oracles import exact_lower_quantile
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
 
 ALPHA = DEFAULT_ALPHA
-
-
-def utc(micros: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
 
 @pytest.mark.postgres
@@ -76,9 +73,9 @@ def test_pattern_stats_are_exact_and_percentiles_within_alpha(
         writer.write(records + outside)
 
     with role_url(pg_admin_url, metrics_db, "fraiseql_analyst") as analyst:
-        report = pattern_stats(analyst, utc(start_us), utc(end_us))
+        report = pattern_stats(analyst, from_micros(start_us), from_micros(end_us))
 
-    assert report.window_start == utc(start_us) and report.window_end == utc(end_us)
+    assert report.window_start == from_micros(start_us) and report.window_end == from_micros(end_us)
     assert len(report.patterns) == len(truth) == 6
     assert [p.count for p in report.patterns] == sorted((p.count for p in report.patterns),
                                                         reverse=True)
@@ -98,8 +95,8 @@ def test_pattern_stats_are_exact_and_percentiles_within_alpha(
 
     document = json.loads(render_stats_json(report))
     assert list(document) == ["window", "patterns"]
-    assert document["window"] == {"start": utc(start_us).isoformat().replace("+00:00", "Z"),
-                                  "end": utc(end_us).isoformat().replace("+00:00", "Z")}
+    assert document["window"] == {"start": from_micros(start_us).isoformat().replace("+00:00", "Z"),
+                                  "end": from_micros(end_us).isoformat().replace("+00:00", "Z")}
     assert list(document["patterns"][0]) == ["fingerprint", "query_name", "region", "count",
                                              "errors", "mean_ms", "p50_ms", "p95_ms", "p99_ms"]
     assert document["patterns"][0]["count"] == report.patterns[0].count
@@ -168,4 +165,4 @@ def test_naive_times_mean_utc_and_empty_periods_are_refused() -> None:
 
 
 def test_micros_helper() -> None:
-    assert utc(MICROS) == datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert from_micros(MICROS) == datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)

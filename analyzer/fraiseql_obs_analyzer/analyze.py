@@ -23,23 +23,16 @@ import psycopg
 from pglast import ast
 
 from fraiseql_observability.config import window_to_seconds
-from fraiseql_observability.secrets import mask_secrets, mask_url
+from fraiseql_observability.db import connect, describe_error
+from fraiseql_observability.secrets import mask_url
 
 from . import costmodel as cm
 from . import sqlgen
-from .candidates import (
-    Candidate,
-    PatternContext,
-    TableContext,
-    apply_filters,
-    describe_keys,
-    evaluate_candidates,
-    find_drop_candidates,
-    generate_candidates,
-    remove_redundant,
-    resolve_tables,
-)
+from .candidates import generate_candidates
+from .context import Candidate, PatternContext, TableContext, resolve_tables
+from .drops import find_drop_candidates
 from .errors import AnalyzerUnavailable, UnsupportedSql
+from .evaluate import apply_filters, evaluate_candidates, remove_redundant
 from .evidence import (
     ObjectHistory,
     PatternEvidence,
@@ -51,6 +44,7 @@ from .evidence import (
     load_table_snapshots,
 )
 from .hypo import HypoValidator
+from .parse import parse_index_definition, parse_query_shape
 from .records import (
     Analysis,
     AppliedChange,
@@ -61,13 +55,7 @@ from .records import (
     priority_for,
 )
 from .report import fmt_num
-from .sqlshape import (
-    KeyExpr,
-    QueryShape,
-    Usage,
-    parse_index_definition,
-    parse_query_shape,
-)
+from .shape import KeyExpr, QueryShape, Usage, describe_keys
 
 __all__ = ["AnalyzeOptions", "floor_patterns", "run_analysis", "suggestion_id", "workload_floor"]
 
@@ -119,20 +107,14 @@ def workload_floor(fastest: Sequence[PatternEvidence], sketches: dict[str, Sketc
 
 
 def _connect(url: str, options: AnalyzeOptions) -> psycopg.Connection[tuple[Any, ...]]:
-    try:
-        conn = psycopg.connect(
-            url, connect_timeout=max(1, round(options.connect_timeout_secs)),
-            application_name="fraiseql-analyze",
-            # jit: compiling the sketch-merge query costs more than it saves (measured: 5.6 s
-            # instead of 10 s over 14 days of hourly cells); memoize never hits on sketch arrays.
-            options=f"-c statement_timeout={int(options.statement_timeout_secs * 1000)}"
-                    " -c work_mem=64MB -c jit=off -c enable_memoize=off")
-    except psycopg.Error as exc:
-        raise AnalyzerUnavailable(
-            f"cannot connect to the metrics database {mask_url(url)}: "
-            f"{mask_secrets(str(exc)).strip()}") from None
-    conn.read_only = True
-    return conn
+    return connect(
+        url, application_name="fraiseql-analyze", read_only=True,
+        statement_timeout=options.statement_timeout_secs,
+        connect_timeout=options.connect_timeout_secs,
+        # jit: compiling the sketch-merge query costs more than it saves (measured: 5.6 s instead
+        # of 10 s over 14 days of hourly cells); memoize never hits on sketch arrays.
+        settings={"work_mem": "64MB", "jit": "off", "enable_memoize": "off"},
+        error=AnalyzerUnavailable, what="the metrics database")
 
 
 def _shapes(evidence: WorkloadEvidence, notes: list[str]) -> list[tuple[PatternEvidence,
@@ -488,8 +470,7 @@ def run_analysis(url: str, options: AnalyzeOptions, *, now: datetime | None = No
             applied = _applied_changes(conn, history, contexts, all_tables, evidence)
         except psycopg.Error as exc:
             raise AnalyzerUnavailable(
-                f"cannot read the metrics database {mask_url(url)}: "
-                f"{mask_secrets(str(exc)).strip()}") from None
+                f"cannot read the metrics database {mask_url(url)}: {describe_error(exc)}") from None
     ranked = sorted(kept, key=lambda c: (-c.time_saved_ms_per_day, -c.queries_per_day))
     ranked += sorted(drops, key=lambda c: c.storage_mb)
     taken: set[str] = set()

@@ -25,8 +25,9 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from fraiseql_observability.db import connect, describe_error
 from fraiseql_observability.metricsdb.rollups import closed_rollups_query
-from fraiseql_observability.secrets import mask_secrets, mask_url
+from fraiseql_observability.secrets import mask_url
 
 from .errors import AnalyzerError
 
@@ -131,9 +132,10 @@ def refresh_sketch_cache(url: str, *, retention_days: int, now: datetime | None 
     first = today - timedelta(days=retention_days)
     built: list[date] = []
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(
-                connect_timeout_secs)), application_name="fraiseql-analysis-cache",
-                options="-c jit=off -c enable_memoize=off -c work_mem=64MB") as conn:
+        with connect(url, application_name="fraiseql-analysis-cache", autocommit=True,
+                     connect_timeout=connect_timeout_secs,
+                     settings={"jit": "off", "enable_memoize": "off", "work_mem": "64MB"},
+                     error=AnalyzerError, what="the metrics database") as conn:
             if not cache_available(conn):
                 return CacheRefresh((), 0, 0.0)
             removed = conn.execute("DELETE FROM fraiseql_metrics.analysis_cached_days "
@@ -159,7 +161,7 @@ def refresh_sketch_cache(url: str, *, retention_days: int, now: datetime | None 
                 built.append(day)
     except psycopg.Error as exc:
         raise AnalyzerError(f"cannot refresh the analysis cache in {mask_url(url)}: "
-                            f"{mask_secrets(str(exc)).strip()}") from None
+                            f"{describe_error(exc)}") from None
     seconds = time.monotonic() - began
     if built or removed:
         log.info("analysis cache: %d day(s) built, %d removed in %.1f s", len(built), removed,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .sqlshape import ColumnUse, KeyExpr, Limit, Usage
+from .shape import ColumnUse, KeyExpr, Limit, Usage
 
 __all__ = [
     "AGGREGATE_CAP",

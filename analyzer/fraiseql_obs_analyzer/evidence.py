@@ -33,9 +33,11 @@ from psycopg import sql
 
 from fraiseql_observability.metricsdb.rollups import closed_rollups_query
 from fraiseql_observability.sketch import bucket_value, quantile_from_buckets
+from fraiseql_observability.timeutil import MINUTE
 
 from .cache import split_window
-from .sqlshape import IndexDefinition, KeyExpr, parse_index_definition, parse_query_shape
+from .parse import parse_index_definition, parse_query_shape
+from .shape import IndexDefinition, KeyExpr
 from .stats import merge_sketches
 
 __all__ = [
@@ -54,7 +56,7 @@ __all__ = [
     "parse_key_expression",
 ]
 
-MIN_COVERAGE: Final = timedelta(minutes=1)
+MIN_COVERAGE: Final = MINUTE
 # The newest table snapshot may predate the window (snapshots every few hours, a short window).
 SNAPSHOT_LOOKBACK: Final = timedelta(days=7)
 

@@ -38,10 +38,11 @@ import psycopg
 from pglast.stream import RawStream
 from psycopg import sql
 
-from fraiseql_observability.secrets import mask_secrets, mask_url
+from fraiseql_observability.db import connect, describe_error
+from fraiseql_observability.secrets import mask_url
 
 from .errors import ValidationUnavailable
-from .sqlshape import QueryShape
+from .shape import QueryShape
 
 __all__ = [
     "SAFE_FUNCTIONS",
@@ -168,15 +169,11 @@ class HypoValidator:
     def __init__(self, url: str, *, statement_timeout_secs: float = 30.0,
                  connect_timeout_secs: float = 10.0) -> None:
         self._url = url
-        try:
-            self._conn: psycopg.Connection[tuple[Any, ...]] = psycopg.connect(
-                url, connect_timeout=max(1, round(connect_timeout_secs)),
-                application_name="fraiseql-analyze-hypopg",
-                options=f"-c statement_timeout={int(statement_timeout_secs * 1000)}")
-        except psycopg.Error as exc:
-            raise ValidationUnavailable(
-                f"cannot connect to the validation database {mask_url(url)}: "
-                f"{mask_secrets(str(exc)).strip()}") from None
+        # Not read_only here: the session opens its READ ONLY transaction itself (below).
+        self._conn: psycopg.Connection[tuple[Any, ...]] = connect(
+            url, application_name="fraiseql-analyze-hypopg",
+            statement_timeout=statement_timeout_secs, connect_timeout=connect_timeout_secs,
+            error=ValidationUnavailable, what="the validation database")
         try:
             row = self._conn.execute(
                 "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'hypopg'"
@@ -194,7 +191,7 @@ class HypoValidator:
             self._conn.close()
             raise ValidationUnavailable(
                 f"the validation database {mask_url(url)} cannot be used: "
-                f"{mask_secrets(str(exc)).strip()}") from None
+                f"{describe_error(exc)}") from None
         except ValidationUnavailable:
             self._conn.close()
             raise
@@ -247,7 +244,7 @@ class HypoValidator:
                 self._conn.execute(sql.SQL("DEALLOCATE {}").format(name))
         except psycopg.Error as exc:
             self._rollback_to("fraiseql_plan")
-            return f"the planner refused it: {mask_secrets(str(exc)).strip().splitlines()[0]}"
+            return f"the planner refused it: {describe_error(exc).splitlines()[0]}"
         document = row[0] if row else None
         if isinstance(document, str):
             document = json.loads(document)
@@ -266,7 +263,7 @@ class HypoValidator:
                 " FROM hypopg_create_index(%s)", (statement,)).fetchone()
         except psycopg.Error as exc:
             self._rollback_to("fraiseql_hypo")
-            yield f"HypoPG refused the index: {mask_secrets(str(exc)).strip().splitlines()[0]}"
+            yield f"HypoPG refused the index: {describe_error(exc).splitlines()[0]}"
             return
         if row is None:
             yield "HypoPG created no index"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from confluent_kafka import Producer
@@ -18,20 +18,13 @@ from confluent_kafka import Producer
 from fraiseql_observability.codec import SUGGESTION, default_codec
 from fraiseql_observability.config import KafkaSettings
 from fraiseql_observability.kafka import ensure_topics, producer_config
+from fraiseql_observability.timeutil import to_micros
 
 from .errors import AnalyzerError
 from .records import Suggestion
 from .report import suggestion_document
 
 __all__ = ["publish_suggestions", "suggestion_record"]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(moment: datetime) -> int:
-    delta = moment.astimezone(UTC) - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
 
 def suggestion_record(suggestion: Suggestion, run_id: uuid.UUID,
                       analyzed_at: datetime) -> dict[str, Any]:
@@ -40,7 +33,7 @@ def suggestion_record(suggestion: Suggestion, run_id: uuid.UUID,
     return {
         "suggestion_id": suggestion.id,
         "run_id": str(run_id),
-        "analyzed_at": _micros(analyzed_at),
+        "analyzed_at": to_micros(analyzed_at),
         "type": suggestion.type,
         "priority": suggestion.priority,
         "schema_name": suggestion.schema,

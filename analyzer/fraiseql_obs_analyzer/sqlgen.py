@@ -1,7 +1,7 @@
 """Runnable migrations for suggestions: what ``analyze --format sql`` prints, psql-ready.
 
 Every identifier is quoted with :class:`psycopg.sql.Identifier` and every literal with
-:class:`psycopg.sql.Literal`; type names come from :data:`fraiseql_obs_analyzer.sqlshape.CAST_TYPES` only; SQL
+:class:`psycopg.sql.Literal`; type names come from :data:`fraiseql_obs_analyzer.shape.CAST_TYPES` only; SQL
 taken from the workload (a materialized view's query, an index definition to roll back to) is
 re-rendered from its pglast parse tree, never pasted. Names from events may hold quotes,
 semicolons, newlines or any Unicode: quoting keeps them inert in statements, and comments escape
@@ -32,7 +32,7 @@ from pglast import ast
 from pglast.stream import RawStream
 from psycopg import sql
 
-from .sqlshape import CAST_TYPES, KeyExpr
+from .shape import CAST_TYPES, KeyExpr
 
 __all__ = [
     "MAX_IDENTIFIER_BYTES",

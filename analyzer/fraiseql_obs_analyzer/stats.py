@@ -26,12 +26,12 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from fraiseql_observability.errors import FraiseqlError
+from fraiseql_observability.db import connect, describe_error
 from fraiseql_observability.metricsdb.rollups import (
     StatsLevel,
     closed_rollups_query,
 )
-from fraiseql_observability.secrets import mask_secrets, mask_url
+from fraiseql_observability.secrets import mask_url
 from fraiseql_observability.sketch import (
     ZERO_KEY,
     QuantileSketch,
@@ -39,10 +39,11 @@ from fraiseql_observability.sketch import (
     quantile_from_buckets,
 )
 
+from .errors import StatsError
+
 __all__ = [
     "ALL_REGIONS",
     "PatternStats",
-    "StatsError",
     "StatsReport",
     "merge_sketches",
     "pattern_stats",
@@ -53,10 +54,6 @@ __all__ = [
 ]
 
 QUANTILES: Final = (0.50, 0.95, 0.99)
-
-
-class StatsError(FraiseqlError):
-    """The statistics could not be read (database unreachable, schema missing …)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,18 +124,12 @@ def _fetch(url: str, query: Any, params: Mapping[str, Any], connect_timeout_secs
            statement_timeout_secs: float) -> list[tuple[Any, ...]]:
     """Run one statistics query in a read-only session; failures become a masked StatsError."""
     try:
-        with psycopg.connect(
-            url,
-            connect_timeout=max(1, round(connect_timeout_secs)),
-            application_name="fraiseql-stats",
-            options=f"-c statement_timeout={int(statement_timeout_secs * 1000)}",
-        ) as conn:
-            conn.read_only = True
+        with connect(url, application_name="fraiseql-stats", read_only=True,
+                     statement_timeout=statement_timeout_secs, connect_timeout=connect_timeout_secs,
+                     error=StatsError, what="the metrics database") as conn:
             return conn.execute(query, params).fetchall()
     except psycopg.Error as exc:
-        raise StatsError(
-            f"cannot read statistics from {mask_url(url)}: {mask_secrets(str(exc)).strip()}"
-        ) from None
+        raise StatsError(f"cannot read statistics from {mask_url(url)}: {describe_error(exc)}") from None
 
 
 def _build(rows: Sequence[tuple[Any, ...]]) -> list[PatternStats]:

@@ -14,7 +14,8 @@ from typing import Any, Final
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fraiseql_observability.secrets import mask_secrets, mask_url
+from fraiseql_observability.db import connect, describe_error
+from fraiseql_observability.secrets import mask_url
 
 from .errors import AnalyzerError
 from .records import Analysis
@@ -48,8 +49,8 @@ def store_run(url: str, analysis: Analysis, *, connect_timeout_secs: float = 10.
     high = sum(1 for s in analysis.suggestions if s.priority in ("critical", "high"))
     method = "hypopg" if analysis.validated_with else "model"
     try:
-        with psycopg.connect(url, connect_timeout=max(1, round(connect_timeout_secs)),
-                             application_name="fraiseql-schedule") as conn, conn.transaction():
+        with connect(url, application_name="fraiseql-schedule", connect_timeout=connect_timeout_secs,
+                     error=AnalyzerError, what="the metrics database") as conn, conn.transaction():
             # One writer at a time decides what "new" means.
             conn.execute("SELECT pg_catalog.pg_advisory_xact_lock("
                          "pg_catalog.hashtext('fraiseql_metrics.analysis_runs'))")
@@ -99,5 +100,5 @@ def store_run(url: str, analysis: Analysis, *, connect_timeout_secs: float = 10.
                      Jsonb(entry["patterns"]), change.suggestion_id))
     except psycopg.Error as exc:
         raise AnalyzerError(f"cannot record the analysis in {mask_url(url)}: "
-                            f"{mask_secrets(str(exc)).strip()}") from None
+                            f"{describe_error(exc)}") from None
     return StoredRun(run_id, frozenset(new_ids), document)

@@ -14,8 +14,9 @@ from fraiseql_obs_analyzer import costmodel as cm
 from fraiseql_obs_analyzer.diff import diff_documents, load_document, render_diff_json, render_diff_text
 from fraiseql_obs_analyzer.evidence import Sketch, merged_quantile
 from fraiseql_obs_analyzer.hypo import corrected_costs, explainable, summarize
+from fraiseql_obs_analyzer.parse import parse_query_shape
 from fraiseql_obs_analyzer.records import priority_for
-from fraiseql_obs_analyzer.sqlshape import KeyExpr, parse_query_shape
+from fraiseql_obs_analyzer.shape import KeyExpr
 from fraiseql_observability.errors import ConfigError
 from fraiseql_observability.sketch import QuantileSketch
 

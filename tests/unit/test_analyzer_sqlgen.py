@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from pglast import ast
 from psycopg import sql
 
+from fraiseql_obs_analyzer.parse import parse_index_definition, parse_query_shape
+from fraiseql_obs_analyzer.shape import KeyExpr
 from fraiseql_obs_analyzer.sqlgen import (
     MAX_IDENTIFIER_BYTES,
     add_index_sql,
@@ -22,7 +24,6 @@ from fraiseql_obs_analyzer.sqlgen import (
     materialize_view_sql,
     object_name,
 )
-from fraiseql_obs_analyzer.sqlshape import KeyExpr, parse_index_definition, parse_query_shape
 
 # Everything PostgreSQL can store in a name or a JSON key (no NUL), with the nasty bits likely.
 nasty = st.sampled_from(['"', "'", ";", "\n", "\r", "$", "$fraiseql$", "--", "/*", "*/", "\\",

@@ -1,4 +1,5 @@
-"""``fraiseql_obs_analyzer.sqlshape``: what FraiseQL-style SQL reads and how, parsed with pglast."""
+"""``fraiseql_obs_analyzer.parse`` / ``.shape``: what FraiseQL-style SQL reads and how, parsed with
+pglast."""
 
 from __future__ import annotations
 
@@ -9,16 +10,9 @@ from hypothesis import strategies as st
 from pglast import ast
 
 from fraiseql_obs_analyzer.errors import UnsupportedSql
-from fraiseql_obs_analyzer.sqlshape import (
-    CAST_TYPES,
-    KeyExpr,
-    Limit,
-    Relation,
-    Usage,
-    parse_index_definition,
-    parse_pg_array_literal,
-    parse_query_shape,
-)
+from fraiseql_obs_analyzer.expressions import parse_pg_array_literal
+from fraiseql_obs_analyzer.parse import parse_index_definition, parse_query_shape
+from fraiseql_obs_analyzer.shape import CAST_TYPES, KeyExpr, Limit, Relation, Usage
 from fraiseql_obs_producers.workload import default_workload
 
 ORDER = Relation(None, "tv_order")
