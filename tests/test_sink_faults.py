@@ -28,6 +28,7 @@ from fraiseql_observability.codec import QUERY_ROLLUP, default_codec
 from fraiseql_observability.config import KafkaSettings
 from fraiseql_observability.kafka import ensure_topics
 from fraiseql_observability.metricsdb.migrate import migrate
+from fraiseql_observability.timeutil import now_micros
 from tests.fix_procs import Processes, cli, free_port, write_config
 from tests.test_sink import (
     MINUTE,
@@ -109,7 +110,7 @@ class RollupFeed(threading.Thread):
         codec = default_codec()
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers, "linger.ms": 10,
                              "enable.idempotence": True, "partitioner": "murmur2_random"})
-        base_us = (time.time_ns() // 1000 // MINUTE - 240) * MINUTE  # four hours ago
+        base_us = (now_micros() // MINUTE - 240) * MINUTE  # four hours ago
         sent: list[dict[str, Any]] = []
         total = int(self.seconds * self.rate)
         began = time.monotonic()

@@ -23,16 +23,8 @@ from hypothesis import strategies as st
 
 from fraiseql_obs_analyzer.stats import pattern_stats, pattern_stats_at_level
 from fraiseql_obs_sinks.records import RollupRow
-from fraiseql_obs_sinks.writer import (
-    _REFRESH_HOURLY,
-    _UPSERT_ROLLUPS,
-    HOUR,
-    RollupWriter,
-    _cell_arrays,
-    _rollup_params,
-    hour_start,
-    hourly_cells,
-)
+from fraiseql_obs_sinks.statements import REFRESH_HOURLY, UPSERT_ROLLUPS, cell_arrays, rollup_params
+from fraiseql_obs_sinks.writer import HOUR, RollupWriter, hour_start, hourly_cells
 from fraiseql_observability.metricsdb.rollups import HOURLY_LEVEL_FROM, choose_level, closed_rollups_query
 from fraiseql_observability.sketch import QuantileSketch
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
@@ -241,8 +233,8 @@ def test_concurrent_sinks_writing_the_same_cell_lose_nothing(metrics_db: str) ->
         writer.write(records[:3])  # the cell exists, from partition 0
 
     def write_and_refresh(conn: psycopg.Connection[Any], batch: list[RollupRow]) -> None:
-        conn.cursor().executemany(_UPSERT_ROLLUPS, [_rollup_params(r) for r in batch])
-        conn.execute(_REFRESH_HOURLY, _cell_arrays(hourly_cells(batch)))
+        conn.cursor().executemany(UPSERT_ROLLUPS, [rollup_params(r) for r in batch])
+        conn.execute(REFRESH_HOURLY, cell_arrays(hourly_cells(batch)))
 
     with psycopg.connect(metrics_db) as first, psycopg.connect(metrics_db) as second:
         write_and_refresh(first, rows[3:6])  # partition 1, not committed yet

@@ -10,7 +10,8 @@ every retry of the batch that carries it:
 * JSON that is not JSON (NaN in column statistics).
 
 Timestamps arrive as integer microseconds since the epoch (see ``fraiseql_observability.codec``)
-and are converted exactly, without a float round trip.
+and are converted exactly, without a float round trip, by the core's
+:func:`~fraiseql_observability.timeutil.from_micros`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
+from fraiseql_observability.timeutil import from_micros
+
 from .errors import InvalidRecord
 
 __all__ = [
@@ -30,10 +33,8 @@ __all__ = [
     "RecordLimits",
     "RollupRow",
     "TableStatsRow",
-    "micros_to_datetime",
 ]
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _INT4_MIN: Final = -(2**31)
 _INT4_MAX: Final = 2**31 - 1
 
@@ -50,11 +51,6 @@ class RecordLimits:
 
 
 DEFAULT_LIMITS: Final = RecordLimits()
-
-
-def micros_to_datetime(micros: int) -> datetime:
-    """Exact conversion of epoch microseconds to an aware UTC datetime."""
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _text(record: Mapping[str, Any], name: str, limit: int, *, allow_empty: bool = False) -> str:
@@ -104,7 +100,7 @@ def _timestamp(
 ) -> datetime:
     micros = _int(record, name, low=-(2**63), high=2**63 - 1)
     try:
-        moment = micros_to_datetime(micros)
+        moment = from_micros(micros)
     except OverflowError:
         raise InvalidRecord(f"{name} = {micros} µs is not a representable time") from None
     if moment < now - limits.max_age:

@@ -6,7 +6,8 @@ after its first message, whichever comes first):
 1. Every message is decoded and validated as it arrives. One that cannot be used becomes a
    ``DeadLetter`` (stage ``sink``, original bytes, reason) produced to the dead-letter topic.
 2. The dead letters of the batch are acknowledged by Kafka (``flush``) …
-3. … the rows are written in one database transaction (:class:`~fraiseql_obs_sinks.writer.RollupWriter`) …
+3. … the rows are written in one database transaction
+   (:class:`~fraiseql_obs_sinks.writer.RollupWriter`) …
 4. … and only then are the offsets committed, synchronously.
 
 A crash anywhere re-delivers the uncommitted batch, which the idempotent upserts absorb: the
@@ -25,6 +26,10 @@ dead-lettered again (never lost, occasionally twice).
 
 The ``cooperative-sticky`` assignor is used so a rebalance only revokes the partitions that move,
 instead of dropping every in-flight batch of the group.
+
+This module is the loop and its timing; the books it keeps live beside it: the pending batch per
+partition (:mod:`~fraiseql_obs_sinks.batching`), dead letters and their delivery tracking
+(:mod:`~fraiseql_obs_sinks.deadletters`) and the consumer-lag gauge (:mod:`~fraiseql_obs_sinks.lag`).
 """
 
 from __future__ import annotations
@@ -36,23 +41,15 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from enum import Enum
 from types import FrameType
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
-from fraiseql_observability.codec import (
-    DEAD_LETTER,
-    QUERY_ROLLUP,
-    TABLE_STATS,
-    Codec,
-    default_codec,
-)
+from fraiseql_observability.codec import QUERY_ROLLUP, TABLE_STATS, Codec, default_codec
 from fraiseql_observability.config import Settings
 from fraiseql_observability.errors import DecodeError
 from fraiseql_observability.kafka import (
@@ -62,8 +59,11 @@ from fraiseql_observability.kafka import (
     producer_config,
 )
 
+from .batching import Batch, TopicPartitionKey
+from .deadletters import DEAD_LETTER_FLUSH_SECS, DeadLetter, DeadLetterProducer, Source
 from .errors import InvalidRecord, RecordRejected, SinkError, WriteFailed
-from .metrics import BATCHES, CONSUMER_LAG, DEAD_LETTERS, RETRIES
+from .lag import ConsumerLag
+from .metrics import BATCHES, RETRIES
 from .records import RecordLimits, RollupRow, TableStatsRow
 from .writer import RollupWriter
 
@@ -71,17 +71,12 @@ __all__ = ["SinkWorker", "consumer_config", "run_sink"]
 
 log = logging.getLogger(__name__)
 
-STAGE: Final = "sink"
 INITIAL_BACKOFF_SECS: Final = 0.2
 MAX_BACKOFF_SECS: Final = 10.0
-DEAD_LETTER_FLUSH_SECS: Final = 10.0
 LAG_INTERVAL_SECS: Final = 10.0
 PARTITION_UPKEEP_SECS: Final = 3600.0
 UPKEEP_DAYS_AHEAD: Final = 7
-MAX_DETAIL_CHARS: Final = 2000
 _POLL_SLICE_SECS: Final = 0.2
-
-TopicPartitionKey = tuple[str, int]
 
 
 def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -105,114 +100,6 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return config
 
 
-# --- the pending batch ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    """Where a row came from: what a dead letter needs to carry."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-class _Delivery(Enum):
-    NEW = "new"  # not handed to the producer yet (or to be produced again)
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-
-
-@dataclass(slots=True)
-class _DeadLetter:
-    source: _Source
-    reason: str
-    detail: str
-    state: _Delivery = _Delivery.NEW
-    error: str = ""
-
-    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is None:
-            if self.state is not _Delivery.DELIVERED:
-                DEAD_LETTERS.labels(self.reason).inc()
-            self.state = _Delivery.DELIVERED
-        else:
-            self.state = _Delivery.FAILED
-            self.error = str(err)
-
-
-@dataclass(slots=True)
-class _PartitionBatch:
-    rollups: list[tuple[_Source, RollupRow]] = field(default_factory=list)
-    table_stats: list[tuple[_Source, TableStatsRow]] = field(default_factory=list)
-    dead_letters: list[_DeadLetter] = field(default_factory=list)
-    next_offset: int = -1
-    messages: int = 0
-
-
-class _Batch:
-    """Messages accepted since the last commit, grouped by partition."""
-
-    def __init__(self) -> None:
-        self.parts: dict[TopicPartitionKey, _PartitionBatch] = {}
-        self.first_at: float | None = None
-        self.messages = 0
-
-    def _part(self, source: _Source, now: float) -> _PartitionBatch:
-        if self.first_at is None:
-            self.first_at = now
-        part = self.parts.setdefault((source.topic, source.partition), _PartitionBatch())
-        part.next_offset = max(part.next_offset, source.offset + 1)
-        part.messages += 1
-        self.messages += 1
-        return part
-
-    def add_rollup(self, source: _Source, row: RollupRow, now: float) -> None:
-        self._part(source, now).rollups.append((source, row))
-
-    def add_table_stats(self, source: _Source, row: TableStatsRow, now: float) -> None:
-        self._part(source, now).table_stats.append((source, row))
-
-    def add_dead_letter(self, letter: _DeadLetter, now: float) -> None:
-        self._part(letter.source, now).dead_letters.append(letter)
-
-    def drop(self, keys: set[TopicPartitionKey]) -> int:
-        """Forget revoked partitions; returns how many messages were dropped."""
-        dropped = 0
-        for key in keys & self.parts.keys():
-            dropped += self.parts.pop(key).messages
-        self.messages -= dropped
-        return dropped
-
-    def reject(self, source: _Source, letter: _DeadLetter) -> None:
-        """Replace a row the database refused by its dead letter (so a retry skips it)."""
-        part = self.parts[(source.topic, source.partition)]
-        part.rollups = [(s, r) for s, r in part.rollups if s is not source]
-        part.table_stats = [(s, r) for s, r in part.table_stats if s is not source]
-        part.dead_letters.append(letter)
-
-    def ready(self, now: float, size: int, timeout: float) -> bool:
-        if self.messages >= size:
-            return True
-        return self.first_at is not None and now - self.first_at >= timeout
-
-    def rollup_items(self) -> list[tuple[_Source, RollupRow]]:
-        return [item for part in self.parts.values() for item in part.rollups]
-
-    def table_stats_items(self) -> list[tuple[_Source, TableStatsRow]]:
-        return [item for part in self.parts.values() for item in part.table_stats]
-
-    def dead_letters(self) -> Iterator[_DeadLetter]:
-        for part in self.parts.values():
-            yield from part.dead_letters
-
-    def __bool__(self) -> bool:
-        return bool(self.parts)
-
-
 # --- the worker -----------------------------------------------------------------------------------
 
 
@@ -234,19 +121,18 @@ class SinkWorker:
     ) -> None:
         self.settings = settings
         self._consumer = consumer
-        self._producer = producer
         self._writer = writer
         self._stop = stop
         self._codec = codec or default_codec()
         self._limits = limits or writer.limits
         self._clock = clock
-        self._admin = admin  # for the consumer-lag gauge; None: no lag metric
         kafka = settings.kafka
         self._expected = {kafka.rollups_topic: QUERY_ROLLUP, kafka.table_stats_topic: TABLE_STATS}
-        self._buffer = _Batch()
-        self._inflight: _Batch | None = None
+        self._dead_letters = DeadLetterProducer(producer, self._codec, kafka.dead_letters_topic)
+        self._lag = ConsumerLag(consumer, admin)
+        self._buffer = Batch()
+        self._inflight: Batch | None = None
         self._assigned: set[TopicPartitionKey] = set()
-        self._committed: dict[TopicPartitionKey, int] = {}
         self._next_lag_at = 0.0
         self._next_upkeep_at = 0.0
 
@@ -267,10 +153,7 @@ class SinkWorker:
         if self._inflight is not None:
             dropped += self._inflight.drop(keys)
         self._assigned -= keys
-        for topic, partition in keys:
-            self._committed.pop((topic, partition), None)
-            with contextlib.suppress(KeyError):  # no lag measured for it yet
-                CONSUMER_LAG.remove(topic, str(partition))
+        self._lag.forget(keys)
         if dropped:
             log.info("revoked %s; dropped %d uncommitted message(s), the next owner re-reads them",
                      _names(keys), dropped)
@@ -316,7 +199,7 @@ class SinkWorker:
         topic, partition = msg.topic(), msg.partition()
         if (topic, partition) not in self._assigned:
             return  # a straggler of a partition revoked meanwhile: its next owner reads it
-        source = _Source(topic, partition, msg.offset(), msg.key(), msg.value())
+        source = Source(topic, partition, msg.offset(), msg.key(), msg.value())
         now = self._clock()
         expected = self._expected.get(topic)
         try:
@@ -330,59 +213,14 @@ class SinkWorker:
                     source, RollupRow.from_record(record, limits=self._limits), now
                 )
         except (DecodeError, InvalidRecord) as exc:
-            letter = _DeadLetter(source, exc.reason, exc.detail)
-            self._produce(letter)
+            letter = DeadLetter(source, exc.reason, exc.detail)
+            self._dead_letters.produce(letter)
             self._buffer.add_dead_letter(letter, now)
-
-    # --- dead letters ---------------------------------------------------------------------------
-
-    def _produce(self, letter: _DeadLetter) -> None:
-        src = letter.source
-        value = self._codec.encode(
-            DEAD_LETTER,
-            {
-                "reason": letter.reason,
-                "detail": letter.detail[:MAX_DETAIL_CHARS],
-                "stage": STAGE,
-                "source_topic": src.topic,
-                "source_partition": src.partition,
-                "source_offset": src.offset,
-                "original_key": src.key,
-                "original_value": src.value,
-                "failed_at": time.time_ns() // 1000,
-            },
-        )
-        try:
-            self._producer.produce(
-                self.settings.kafka.dead_letters_topic, value=value, key=src.key,
-                on_delivery=letter.on_delivery,
-            )
-            letter.state = _Delivery.PENDING
-        except (BufferError, KafkaException) as exc:
-            # Queue full or broker trouble: produced again before the batch may commit.
-            letter.state, letter.error = _Delivery.NEW, str(exc)
-        self._producer.poll(0)
-
-    def _deliver_dead_letters(self, batch: _Batch) -> None:
-        """Return once Kafka acknowledged every dead letter of ``batch``; raise otherwise."""
-        letters = list(batch.dead_letters())
-        if not letters:
-            return
-        for letter in letters:
-            if letter.state in (_Delivery.NEW, _Delivery.FAILED):
-                self._produce(letter)
-        self._producer.flush(DEAD_LETTER_FLUSH_SECS)
-        missing = [letter for letter in letters if letter.state is not _Delivery.DELIVERED]
-        if missing:
-            raise WriteFailed(
-                f"{len(missing)} dead letter(s) not acknowledged by Kafka"
-                + (f": {missing[0].error}" if missing[0].error else "")
-            )
 
     # --- writing --------------------------------------------------------------------------------
 
     def _flush(self, *, final: bool = False) -> None:
-        batch, self._buffer = self._buffer, _Batch()
+        batch, self._buffer = self._buffer, Batch()
         self._inflight = batch
         try:
             written = self._write_with_retry(batch, final=final)
@@ -397,13 +235,13 @@ class SinkWorker:
             if dropped:
                 log.info("dropped %d later message(s) of the same partitions", dropped)
 
-    def _write_with_retry(self, batch: _Batch, *, final: bool) -> bool:
+    def _write_with_retry(self, batch: Batch, *, final: bool) -> bool:
         delay = INITIAL_BACKOFF_SECS
         paused = False
         try:
             while batch:
                 try:
-                    self._deliver_dead_letters(batch)
+                    self._dead_letters.deliver(batch.dead_letters())
                     self._write(batch)
                     return True
                 except WriteFailed as exc:
@@ -442,7 +280,7 @@ class SinkWorker:
                 self._handle(msg)  # goes to the next batch, after the in-flight one
             self._housekeeping()
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: Batch) -> None:
         rollups = batch.rollup_items()
         stats = batch.table_stats_items()
         if not rollups and not stats:
@@ -462,14 +300,14 @@ class SinkWorker:
             self._write_one(batch, source, rollups=[rollup])
         for source, table_stats in stats:
             self._write_one(batch, source, table_stats=[table_stats])
-        self._deliver_dead_letters(batch)
+        self._dead_letters.deliver(batch.dead_letters())
         BATCHES.inc()
         self._after_write()
 
     def _write_one(
         self,
-        batch: _Batch,
-        source: _Source,
+        batch: Batch,
+        source: Source,
         *,
         rollups: Iterable[RollupRow] = (),
         table_stats: Iterable[TableStatsRow] = (),
@@ -477,11 +315,11 @@ class SinkWorker:
         try:
             self._writer.write(rollups, table_stats)
         except RecordRejected as exc:
-            letter = _DeadLetter(source, "rejected", f"refused by PostgreSQL: {exc.detail}")
+            letter = DeadLetter(source, "rejected", f"refused by PostgreSQL: {exc.detail}")
             batch.reject(source, letter)
-            self._produce(letter)
+            self._dead_letters.produce(letter)
 
-    def _commit(self, batch: _Batch) -> None:
+    def _commit(self, batch: Batch) -> None:
         offsets = [
             TopicPartition(topic, partition, part.next_offset)
             for (topic, partition), part in sorted(batch.parts.items())
@@ -496,8 +334,7 @@ class SinkWorker:
             # upserts absorb. Not a reason to stop.
             log.warning("offset commit failed (the batch may be re-delivered): %s", exc)
             return
-        for tp in offsets:
-            self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._lag.committed(offsets)
 
     # --- housekeeping ---------------------------------------------------------------------------
 
@@ -520,48 +357,9 @@ class SinkWorker:
             return
         self._next_lag_at = now + LAG_INTERVAL_SECS
         try:
-            self._update_lag()
+            self._lag.update(self._assigned)
         except KafkaException as exc:  # the broker is away: keep the last values
             log.debug("consumer lag not updated: %s", exc)
-
-    def _update_lag(self) -> None:
-        """Lag = high watermark − committed offset: messages not yet durable in the database.
-
-        The committed offset, not the consumer position, because fetched-but-unwritten messages
-        are exactly what an operator wants to see grow while the database is down. Watermarks
-        come from one batched ListOffsets request of a separate admin client: the consumer's own
-        ``get_watermark_offsets`` queues behind its fetch long-poll (about 0.5 s per partition).
-        """
-        assigned = sorted(self._assigned)
-        if not assigned or self._admin is None:
-            return
-        unknown = [TopicPartition(t, p) for t, p in assigned if (t, p) not in self._committed]
-        if unknown:
-            for tp in self._consumer.committed(unknown, timeout=2.0):
-                self._committed[(tp.topic, tp.partition)] = tp.offset
-        high = self._list_offsets(assigned, OffsetSpec.latest())
-        never_committed = [key for key in assigned if self._committed.get(key, -1) < 0]
-        low = self._list_offsets(never_committed, OffsetSpec.earliest()) if never_committed else {}
-        for key in assigned:
-            committed = self._committed.get(key, -1)
-            base = committed if committed >= 0 else low.get(key)
-            if key in high and base is not None:
-                CONSUMER_LAG.labels(key[0], str(key[1])).set(max(0, high[key] - base))
-
-    def _list_offsets(
-        self, keys: Sequence[TopicPartitionKey], spec: OffsetSpec
-    ) -> dict[TopicPartitionKey, int]:
-        assert self._admin is not None
-        futures = self._admin.list_offsets(
-            {TopicPartition(t, p): spec for t, p in keys}, request_timeout=2.0
-        )
-        offsets: dict[TopicPartitionKey, int] = {}
-        for tp, future in futures.items():
-            try:
-                offsets[(tp.topic, tp.partition)] = int(future.result(timeout=3.0).offset)
-            except (KafkaException, TimeoutError) as exc:  # e.g. a leader moving: next round
-                log.debug("no watermark for %s[%d]: %s", tp.topic, tp.partition, exc)
-        return offsets
 
 
 def _names(keys: set[TopicPartitionKey]) -> str:

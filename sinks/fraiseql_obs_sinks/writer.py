@@ -36,7 +36,6 @@ transaction would hold the partition lock until the whole batch is written.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,138 +45,51 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from fraiseql_observability.config import DatabaseSettings
-from fraiseql_observability.metricsdb import SCHEMA
 from fraiseql_observability.secrets import mask_secrets
+from fraiseql_observability.timeutil import EPOCH, HOUR
 
 from .errors import RecordRejected, WriteFailed
 from .metrics import LAST_WRITE, ROWS_WRITTEN
 from .records import DEFAULT_LIMITS, RecordLimits, RollupRow, TableStatsRow
+from .statements import (
+    ENSURE_PARTITIONS,
+    INSERT_NEW_ROLLUPS,
+    REFRESH_HOURLY,
+    UPSERT_PATTERNS,
+    UPSERT_ROLLUPS,
+    UPSERT_TABLE_STATS,
+    HourlyCell,
+    cell_arrays,
+    rollup_arrays,
+    rollup_params,
+    stats_params,
+)
 
-__all__ = ["HOUR", "HourlyCell", "RollupWriter", "WriteResult", "hour_start", "hourly_cells"]
+__all__ = [
+    "HOUR",  # re-exported from fraiseql_observability.timeutil
+    "HourlyCell",  # re-exported from .statements
+    "RollupWriter",
+    "WriteResult",
+    "hour_start",
+    "hourly_cells",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_ACQUIRE_SECS: Final = 5.0
 
-# (column, SQL type) of the rollups table in insert order; the first two are the primary key.
-ROLLUP_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("rollup_id", "uuid"),
-    ("window_start", "timestamptz"),
-    ("fingerprint", "text"),
-    ("region", "text"),
-    ("window_end", "timestamptz"),
-    ("source_topic", "text"),
-    ("source_partition", "int4"),
-    ("first_offset", "int8"),
-    ("last_offset", "int8"),
-    ("event_count", "int8"),
-    ("count", "float8"),
-    ("error_count", "float8"),
-    ("cache_hits", "float8"),
-    ("rows_sum", "float8"),
-    ("exec_sum_ms", "float8"),
-    ("exec_min_ms", "float8"),
-    ("exec_max_ms", "float8"),
-    ("sql_generation_sum_ms", "float8"),
-    ("db_round_trip_sum_ms", "float8"),
-    ("projection_sum_ms", "float8"),
-    ("sketch_alpha", "float8"),
-    ("sketch_keys", "int4[]"),
-    ("sketch_weights", "float8[]"),
-)
-ROLLUP_KEY: Final = ("rollup_id", "window_start")
-
-TABLE_STATS_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("snapshot_id", "uuid"),
-    ("schema_name", "text"),
-    ("table_name", "text"),
-    ("taken_at", "timestamptz"),
-    ("source", "text"),
-    ("region", "text"),
-    ("relkind", "text"),
-    ("row_estimate", "float8"),
-    ("total_bytes", "int8"),
-    ("seq_scans", "int8"),
-    ("columns", "jsonb"),
-    ("indexes", "jsonb"),
-)
-TABLE_STATS_KEY: Final = ("snapshot_id", "schema_name", "table_name", "taken_at")
-
-
-def _upsert(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> sql.Composed:
-    """``INSERT … ON CONFLICT (key) DO UPDATE SET col = <same parameter>`` (no EXCLUDED reads)."""
-
-    def value(name: str, type_name: str) -> sql.Composable:
-        # The cast is spelled from a fixed table of types above, never from data.
-        return sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(type_name))
-
-    names = [name for name, _ in columns]
-    return sql.SQL(
-        "INSERT INTO {table} ({columns}) VALUES ({values})"
-        " ON CONFLICT ({key}) DO UPDATE SET {updates}, written_at = now()"
-    ).format(
-        table=sql.Identifier(SCHEMA, table),
-        columns=sql.SQL(", ").join(map(sql.Identifier, names)),
-        values=sql.SQL(", ").join(value(n, t) for n, t in columns),
-        key=sql.SQL(", ").join(map(sql.Identifier, key)),
-        updates=sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(n), value(n, t))
-            for n, t in columns
-            if n not in key
-        ),
-    )
-
-
-_UPSERT_ROLLUPS: Final = _upsert("rollups", ROLLUP_COLUMNS, ROLLUP_KEY)
-
-# The fast path for new rollups: the whole batch as one parameter array per column, one statement.
-# Sketch arrays are ragged (PostgreSQL arrays are rectangular), so they travel as array literals
-# in a text[] and are cast per row. Rows that already exist are left alone here (DO NOTHING needs
-# no privilege beyond INSERT and SELECT on the key) and overwritten by _UPSERT_ROLLUPS.
-_TEXT_ARRAY_COLUMNS: Final = frozenset({"sketch_keys", "sketch_weights"})
-
-
-def _insert_new(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> sql.Composed:
-    names = [name for name, _ in columns]
-    return sql.SQL(
-        "INSERT INTO {table} ({columns}) SELECT {values} FROM unnest({arrays}) AS u ({columns})"
-        " ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
-    ).format(
-        table=sql.Identifier(SCHEMA, table),
-        columns=sql.SQL(", ").join(map(sql.Identifier, names)),
-        values=sql.SQL(", ").join(
-            sql.SQL("u.{}::{}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns
-        ),
-        # Types come from the fixed table above, never from data.
-        arrays=sql.SQL(", ").join(
-            # %b: binary arrays, several times cheaper to adapt than text ones (no quoting).
-            sql.SQL("%b::text[]" if n in _TEXT_ARRAY_COLUMNS else f"%b::{t}[]")
-            for n, t in columns
-        ),
-        key=sql.SQL(", ").join(map(sql.Identifier, key)),
-    )
-
-
-_INSERT_NEW_ROLLUPS: Final = _insert_new("rollups", ROLLUP_COLUMNS, ROLLUP_KEY)
-_UPSERT_TABLE_STATS: Final = _upsert("table_stats", TABLE_STATS_COLUMNS, TABLE_STATS_KEY)
-_REFRESH_HOURLY: Final = sql.SQL(
-    "SELECT {}(%b::text[], %b::text[], %b::timestamptz[], %b::float8[])"
-).format(sql.Identifier(SCHEMA, "refresh_hourly"))
-
-HOUR: Final = timedelta(hours=1)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-# (fingerprint, region, hour_start, sketch_alpha): one row of fraiseql_metrics.rollups_hourly.
-HourlyCell = tuple[str, str, datetime, float]
+# The statement and parameters that write minute rollups the way the sink does; tests/test_migrate.py
+# imports them from here under these names.
+_UPSERT_ROLLUPS: Final = UPSERT_ROLLUPS
+_rollup_params: Final = rollup_params
 
 
 def hour_start(moment: datetime) -> datetime:
     """The UTC hour ``moment`` falls in (exact: no float arithmetic)."""
-    return moment - (moment - _EPOCH) % HOUR
+    return moment - (moment - EPOCH) % HOUR
 
 
 def hourly_cells(rollups: Iterable[RollupRow]) -> list[HourlyCell]:
@@ -188,33 +100,6 @@ def hourly_cells(rollups: Iterable[RollupRow]) -> list[HourlyCell]:
         if row.window_end <= hour + HOUR:
             cells.add((row.fingerprint, row.region, hour, row.sketch_alpha))
     return sorted(cells)
-
-
-def _cell_arrays(cells: Sequence[HourlyCell]) -> tuple[list[str], list[str], list[datetime], list[float]]:
-    return ([c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells],
-            [c[3] for c in cells])
-
-# The catalogue row describes the newest window seen; on a tie of last_seen the greatest
-# (query_name, sql) in byte order wins, the same rule as max() in Python over str (UTF-8 byte
-# order equals code point order), so the outcome does not depend on the order of batches.
-_NEWER: Final = (
-    '(EXCLUDED.last_seen, EXCLUDED.query_name COLLATE "C", EXCLUDED.sql COLLATE "C")'
-    ' > (p.last_seen, p.query_name COLLATE "C", p.sql COLLATE "C")'
-)
-# One statement per batch (fingerprints are unique in it). EXCLUDED may be read here: the collector
-# holds SELECT on every column of the catalogue (no PII, SPEC §3).
-_UPSERT_PATTERNS: Final = sql.SQL(
-    "INSERT INTO {table} AS p (fingerprint, query_name, sql, first_seen, last_seen)"
-    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[],"
-    " %b::timestamptz[])"
-    " ON CONFLICT (fingerprint) DO UPDATE SET"
-    " first_seen = LEAST(p.first_seen, EXCLUDED.first_seen),"
-    " last_seen = GREATEST(p.last_seen, EXCLUDED.last_seen),"
-    " query_name = CASE WHEN {newer} THEN EXCLUDED.query_name ELSE p.query_name END,"
-    " sql = CASE WHEN {newer} THEN EXCLUDED.sql ELSE p.sql END"
-    # Skip the write (a new row version) when nothing would change: the common case.
-    " WHERE p.first_seen > EXCLUDED.first_seen OR {newer}"
-).format(table=sql.Identifier(SCHEMA, "patterns"), newer=sql.SQL(_NEWER))
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +163,17 @@ def _is_missing_partition(exc: psycopg.Error) -> bool:
     )
 
 
+def _session_kwargs(application_name: str, timeout_secs: float) -> dict[str, Any]:
+    """The pool's connection parameters, set as :func:`fraiseql_observability.db.connect` sets
+    them for a single session: named in ``pg_stat_activity``, connect and statement timeouts."""
+    return {
+        "autocommit": True,  # transactions are explicit: conn.transaction()
+        "connect_timeout": max(1, round(timeout_secs)),
+        "application_name": application_name,
+        "options": f"-c statement_timeout={int(timeout_secs * 1000)}",
+    }
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return mask_secrets(f"{type(exc).__name__}: {text}")
@@ -311,12 +207,7 @@ class RollupWriter:
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={
-                "autocommit": True,  # transactions are explicit: conn.transaction()
-                "connect_timeout": max(1, math.ceil(timeout_secs)),
-                "application_name": application_name,
-                "options": f"-c statement_timeout={int(timeout_secs * 1000)}",
-            },
+            kwargs=_session_kwargs(application_name, timeout_secs),
             # How long write() waits for a connection. psycopg_pool makes new connection attempts
             # only when a request arrives (then with a doubling delay, for up to
             # reconnect_timeout); a request that outlives those attempts just sleeps. Keeping both
@@ -371,12 +262,7 @@ class RollupWriter:
                     "SELECT set_config('lock_timeout', %s, true)",
                     (f"{int(self.lock_timeout_secs * 1000)}ms",),
                 )
-                rows = conn.execute(
-                    sql.SQL("SELECT {}(%s, %s)").format(
-                        sql.Identifier(SCHEMA, "ensure_partitions")
-                    ),
-                    (start, end),
-                ).fetchall()
+                rows = conn.execute(ENSURE_PARTITIONS, (start, end)).fetchall()
         except psycopg.Error as exc:
             raise WriteFailed(f"cannot create partitions: {_describe(exc)}") from None
         created = [str(r[0]) for r in rows]
@@ -469,21 +355,21 @@ class RollupWriter:
             if rollups:
                 inserted = {
                     (key[0], key[1])
-                    for key in cur.execute(_INSERT_NEW_ROLLUPS, _rollup_arrays(rollups)).fetchall()
+                    for key in cur.execute(INSERT_NEW_ROLLUPS, rollup_arrays(rollups)).fetchall()
                 }
                 # Re-deliveries (rare but routine): overwrite, in the same key order.
                 existing = [r for r in rollups if r.key not in inserted]
                 if existing:
-                    cur.executemany(_UPSERT_ROLLUPS, [_rollup_params(r) for r in existing])
+                    cur.executemany(UPSERT_ROLLUPS, [rollup_params(r) for r in existing])
                 # In the same transaction: the hourly level never disagrees with the minute rows
                 # readers can see, and a crash leaves neither written.
                 cells = hourly_cells(rollups)
                 if cells:
-                    row = cur.execute(_REFRESH_HOURLY, _cell_arrays(cells)).fetchone()
+                    row = cur.execute(REFRESH_HOURLY, cell_arrays(cells)).fetchone()
                     refreshed = int(row[0]) if row is not None and row[0] is not None else 0
             if patterns:
                 cur.execute(
-                    _UPSERT_PATTERNS,
+                    UPSERT_PATTERNS,
                     (
                         [p.fingerprint for p in patterns],
                         [p.query_name for p in patterns],
@@ -493,33 +379,5 @@ class RollupWriter:
                     ),
                 )
             if table_stats:
-                cur.executemany(_UPSERT_TABLE_STATS, [_stats_params(s) for s in table_stats])
+                cur.executemany(UPSERT_TABLE_STATS, [stats_params(s) for s in table_stats])
         return refreshed
-
-
-def _rollup_params(row: RollupRow) -> dict[str, Any]:
-    params = {name: getattr(row, name) for name, _ in ROLLUP_COLUMNS}
-    params["sketch_keys"] = list(row.sketch_keys)
-    params["sketch_weights"] = list(row.sketch_weights)
-    return params
-
-
-def _array_literal(values: Sequence[float] | Sequence[int]) -> str:
-    # repr() is the shortest text that reads back as the same float (PostgreSQL's float8 input is
-    # correctly rounded), so weights arrive bit-exact; validation already excluded NaN and inf.
-    return "{" + ",".join(map(repr, values)) + "}"
-
-
-def _rollup_arrays(rows: Sequence[RollupRow]) -> list[list[Any]]:
-    """One list per column of ROLLUP_COLUMNS, in order (the parameters of _INSERT_NEW_ROLLUPS)."""
-    arrays: list[list[Any]] = []
-    for name, _ in ROLLUP_COLUMNS:
-        if name in _TEXT_ARRAY_COLUMNS:
-            arrays.append([_array_literal(getattr(r, name)) for r in rows])
-        else:
-            arrays.append([getattr(r, name) for r in rows])
-    return arrays
-
-
-def _stats_params(row: TableStatsRow) -> dict[str, Any]:
-    return {name: getattr(row, name) for name, _ in TABLE_STATS_COLUMNS}
