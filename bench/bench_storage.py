@@ -150,7 +150,7 @@ def reference_rollups(minutes: int, patterns_count: int, rate: float, start_us: 
     offsets = [0] * PARTITIONS
     batches: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for partition, event in generate_events(patterns, cumulative, start_us, minutes, rate):
-        windows[partition].add(offsets[partition], event)
+        windows[partition].add(offsets[partition], event, event["occurred_at"])  # sent at once
         offsets[partition] += 1
         if truth is not None:
             truth[(event["fingerprint"], event["region"])].append(

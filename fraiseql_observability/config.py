@@ -148,10 +148,14 @@ class StreamSettings(_Section):
     # An API process may hold an event for flush_interval_secs (default 60) before sending it, so
     # the grace period must exceed that, or slow-to-flush instances' events arrive late.
     grace_secs: float = _field(90.0, ge=0, le=86400)
-    max_future_secs: float = _field(300.0, ge=0)  # events further ahead of the clock are rejected
+    # Events further ahead of their message's (broker) timestamp are rejected: 15 minutes lets a
+    # host whose clock runs 10 minutes fast be counted in its own windows.
+    max_future_secs: float = _field(900.0, ge=0)
     max_age_days: float = _field(365.0, gt=0)  # events older than this are rejected as absurd
     # A caught-up partition silent this long moves its event time to (clock - idle_secs).
     idle_secs: float = _field(15.0, gt=0, le=86400)
+    # Late events of one arrival slot this long fold into one correction per window (streams/DESIGN.md).
+    late_slot_secs: int = _field(60, ge=1, le=3600)
     batch_size: int = _field(5000, ge=1, le=1_000_000)
     batch_timeout_secs: float = _field(0.5, gt=0, le=60)
     group_id: str = "fraiseql-stream"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -16,7 +16,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from .config import KafkaSettings
 from .errors import FraiseqlError
 
-__all__ = ["KafkaUnavailable", "admin_client", "ensure_topics", "producer_config", "wait_for_broker"]
+__all__ = [
+    "EVENTS_TOPIC_CONFIG", "KafkaUnavailable", "admin_client", "ensure_topics", "producer_config",
+    "wait_for_broker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ def wait_for_broker(kafka: KafkaSettings, timeout: float = 30.0) -> None:
         raise KafkaUnavailable(f"Kafka at {kafka.bootstrap_servers} did not answer: {exc}") from None
 
 
+# The broker stamps each event message with its own clock when it appends it (streams/DESIGN.md).
+EVENTS_TOPIC_CONFIG: Final = {"message.timestamp.type": "LogAppendTime"}
+
+
 def ensure_topics(
     kafka: KafkaSettings,
     names: Iterable[str],
@@ -59,7 +66,11 @@ def ensure_topics(
     config: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> None:
-    """Create the topics that do not exist yet (idempotent, safe for concurrent workers)."""
+    """Create the topics that do not exist yet (idempotent, safe for concurrent workers).
+
+    The events topic is created with broker timestamps (``LogAppendTime``): the stream workers'
+    watermark follows them, so an API host with a skewed clock cannot make others' events late.
+    """
     admin = admin_client(kafka)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
@@ -67,7 +78,8 @@ def ensure_topics(
         raise KafkaUnavailable(f"Kafka at {kafka.bootstrap_servers} did not answer: {exc}") from None
     wanted = [
         NewTopic(name, num_partitions=partitions or kafka.partitions,
-                 replication_factor=kafka.replication_factor, config=config or {})
+                 replication_factor=kafka.replication_factor,
+                 config=config or (EVENTS_TOPIC_CONFIG if name == kafka.events_topic else {}))
         for name in dict.fromkeys(names)
         if name not in existing
     ]

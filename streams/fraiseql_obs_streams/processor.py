@@ -1,9 +1,10 @@
 """The stream worker's processing core: Kafka messages in, rollups and dead letters out.
 
-It owns one :class:`~fraiseql_obs_streams.windowing.PartitionWindows` per assigned partition and implements
-the
-checkpoint protocol of ``streams/DESIGN.md``: after every batch, close ready windows, produce their
-rollups, wait for Kafka's acknowledgement, and only then commit ``(commit_offset, metadata)``.
+It owns one :class:`~fraiseql_obs_streams.windowing.PartitionWindows` per assigned partition and
+implements the checkpoint protocol of ``streams/DESIGN.md``: after every batch, close ready
+windows, produce their rollups, wait for Kafka's acknowledgement, and only then commit
+``(commit_offset, metadata)``. Dead letters are built by the core's
+:func:`~fraiseql_observability.deadletter.dead_letter_record`, like the sink's.
 The consumer loop that feeds it lives in :mod:`fraiseql_obs_streams.worker`.
 """
 
@@ -11,29 +12,44 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
-from prometheus_client import Counter, Gauge
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_CREATE_TIME,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from prometheus_client import Counter, Gauge, Histogram
 
 from fraiseql_observability.codec import DEAD_LETTER, QUERY_ROLLUP, Codec
 from fraiseql_observability.config import Settings
-from fraiseql_observability.errors import DecodeError, FraiseqlError
+from fraiseql_observability.deadletter import dead_letter_record
+from fraiseql_observability.errors import DecodeError
+from fraiseql_observability.timeutil import MICROS, now_micros
 
 from .decoding import QueryEventDecoder
+from .errors import StreamError
 from .validation import invalid_reason
-from .windowing import MICROS, Checkpoint, Outcome, PartitionWindows
+from .windowing import Checkpoint, Outcome, PartitionWindows
 
-__all__ = ["BatchResult", "StreamError", "StreamProcessor"]
+__all__ = ["BatchResult", "StreamProcessor"]
 
 log = logging.getLogger(__name__)
 
 EVENTS_IN = Counter("fraiseql_stream_events_total", "Query events consumed by the stream worker")
-EVENTS_COUNTED = Counter("fraiseql_stream_events_counted_total", "Events added to a window")
-LATE = Counter("fraiseql_events_late_total", "Events whose window had already closed (dead-lettered as late)")
+EVENTS_COUNTED = Counter("fraiseql_stream_events_counted_total",
+                         "Events counted: into their window or into a correction of it")
+LATE = Counter("fraiseql_events_late_total",
+               "Events whose window had already closed, counted in a correction rollup")
+LATENESS = Histogram("fraiseql_events_lateness_seconds",
+                     "How long after its window closed a late event arrived",
+                     buckets=(1, 10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, float("inf")))
 DEAD_LETTERED = Counter("fraiseql_events_dead_lettered_total", "Messages sent to the dead-letter topic",
                         ["stage", "reason"])
 WINDOWS_OPEN = Gauge("fraiseql_stream_windows_open", "Open event-time windows held by this worker")
@@ -48,20 +64,35 @@ CHECKPOINTS = Counter("fraiseql_stream_checkpoints_total", "Checkpoints committe
 _FLUSH_SLICE_SECS: Final = 1.0
 
 
-class StreamError(FraiseqlError):
-    """The stream worker cannot go on (e.g. stopped while rollups were undelivered)."""
-
-
 @dataclass
 class BatchResult:
     """What one call of :meth:`StreamProcessor.process` did with its messages."""
 
     consumed: int = 0
-    counted: int = 0
+    counted: int = 0  # into a window or a correction (re-read offsets not included)
+    corrected: int = 0  # of those, late: into a correction
     dead_letters: int = 0
 
 
 TopicPartitionKey = tuple[str, int]
+
+
+@dataclass
+class Tally:
+    """What the worker did since its last health line (``fraiseql-cli stream`` logs one a minute)."""
+
+    events: int = 0
+    counted: int = 0
+    corrected: int = 0
+    rollups: int = 0
+    dead: dict[str, int] = field(default_factory=dict)
+    lag: int = 0
+
+    def line(self) -> str:
+        dead = ", ".join(f"{reason} {n}" for reason, n in sorted(self.dead.items())) or "none"
+        return (f"health: events in {self.events}, counted {self.counted} (late-corrected "
+                f"{self.corrected}), dead-lettered {sum(self.dead.values())} ({dead}), rollups "
+                f"written {self.rollups}, lag {self.lag}")
 
 
 class StreamProcessor:
@@ -87,12 +118,16 @@ class StreamProcessor:
         self.stage = stage
         self.dead_letters = dead_letters
         self.keep = keep
-        self._now_us = now_us or (lambda: time.time_ns() // 1000)
+        self.now_us = now_us or now_micros
         streams = settings.streams
         self.window_us = streams.window_secs * MICROS
         self.grace_us = int(streams.grace_secs * MICROS)
         self.max_future_us = int(streams.max_future_secs * MICROS)
         self.max_age_us = int(streams.max_age_days * 86400 * MICROS)
+        self.expired_us = settings.retention_days * 86400 * MICROS
+        self.slot_us = streams.late_slot_secs * MICROS
+        self._create_time_warned: set[TopicPartitionKey] = set()
+        self.tally = Tally()
         self.partitions: dict[TopicPartitionKey, PartitionWindows] = {}
         self.idle_us = int(streams.idle_secs * MICROS)
         self._delivery_errors: list[str] = []
@@ -117,7 +152,7 @@ class StreamProcessor:
                                 tp.metadata, tp.topic, tp.partition)
             self.partitions[(tp.topic, tp.partition)] = PartitionWindows(
                 tp.topic, tp.partition, window_us=self.window_us, grace_us=self.grace_us,
-                checkpoint=checkpoint,
+                slot_us=self.slot_us, checkpoint=checkpoint,
             )
             # No checkpoint: start at the beginning. A committed offset without our metadata was not
             # written by this protocol and cannot be trusted to cover open windows.
@@ -147,11 +182,11 @@ class StreamProcessor:
         arrives in runs of one partition, so the partition's state is looked up once per run.
         """
         result = BatchResult()
-        now_us = self._now_us()
+        now_us = self.now_us()
         decode = self._decoder.decode
         reject = self._reject
-        added, late = Outcome.ADDED, Outcome.LATE
-        consumed = counted = 0
+        corrected = Outcome.CORRECTED
+        consumed = counted = late = 0
         current: TopicPartitionKey | None = None
         windows: PartitionWindows | None = None
         for msg in messages:
@@ -167,57 +202,78 @@ class StreamProcessor:
                 if windows is not None:
                     self._dirty.add(key)
                     self._last_message_us[key] = now_us
+                    self._check_timestamp_type(key, msg)
             if windows is None:  # a message from a partition revoked meanwhile
                 continue
             consumed += 1
             offset = msg.offset()
+            sent_ms = msg.timestamp()[1]
+            arrival = sent_ms * 1000 if sent_ms is not None and sent_ms > 0 else None
             try:
                 event = decode(msg.value())
             except DecodeError as exc:
-                windows.skip(offset)
+                windows.skip(offset, arrival)
                 if not windows.is_replay(offset):
                     self._dead_letter(msg, exc.reason, exc.detail, result)
                 continue
-            rejection = reject(event, msg)
+            rejection = reject(event, arrival)
             if rejection is not None:
-                windows.skip(offset)
+                windows.skip(offset, arrival)
                 if not windows.is_replay(offset):
                     self._dead_letter(msg, *rejection, result)
                 continue
-            outcome = windows.add(offset, event)
-            if outcome is added:
-                counted += 1
-            elif outcome is late:
-                LATE.inc()
-                self._dead_letter(msg, "late", "the event's window had already closed", result)
-            # Outcome.REPLAYED: handled before the checkpoint, nothing to repeat.
-        result.consumed, result.counted = consumed, counted
+            # No broker timestamp (a message format before 0.10): the event's own time stands in.
+            outcome = windows.add(offset, event, event["occurred_at"] if arrival is None else arrival)
+            if offset < windows.replay_until:
+                continue  # counted before the checkpoint; re-read only to rebuild open windows
+            counted += 1
+            if outcome is corrected:
+                late += 1
+                LATENESS.observe(windows.lateness(event["occurred_at"]) / MICROS)
+        result.consumed, result.counted, result.corrected = consumed, counted, late
         if consumed:
             EVENTS_IN.inc(consumed)
             EVENTS_COUNTED.inc(counted)
+            LATE.inc(late)
+            tally = self.tally
+            tally.events += consumed
+            tally.counted += counted
+            tally.corrected += late
         return result
 
-    def _reject(self, event: dict[str, Any], msg: Message) -> tuple[str, str] | None:
+    def _check_timestamp_type(self, key: TopicPartitionKey, msg: Message) -> None:
+        """Say once per partition when its timestamps are the producers' clocks, not the broker's."""
+        if key in self._create_time_warned or msg.timestamp()[0] != TIMESTAMP_CREATE_TIME:
+            return
+        self._create_time_warned.add(key)
+        log.info("%s[%d] carries producer timestamps (CreateTime): its watermark follows the "
+                 "producers' clocks. Topics this project creates use the broker's "
+                 "(message.timestamp.type=LogAppendTime), and MirrorMaker 2 keeps the source "
+                 "broker's; set that on a topic created by hand.", key[0], key[1])
+
+    def _reject(self, event: dict[str, Any], arrival: int | None) -> tuple[str, str] | None:
         """(dead-letter reason, detail) for an event that must not count, else None.
 
-        Absurd timestamps are judged against the Kafka message's timestamp (when the producer
-        sent it), not this worker's clock: a replay then makes exactly the same decisions.
+        Timestamps are judged against the Kafka message's timestamp (the broker's append time on
+        our topics), not this worker's clock: a replay then makes exactly the same decisions.
+        Late is not a reason: a late event is counted in a correction of its window.
         """
         detail = invalid_reason(event)
         if detail is not None:
             return "invalid", detail
-        sent_ms = msg.timestamp()[1]
-        if sent_ms is None or sent_ms <= 0:
+        if arrival is None:
             return None
-        sent_us = sent_ms * 1000
         occurred_at: int = event["occurred_at"]
-        if sent_us - self.max_age_us <= occurred_at <= sent_us + self.max_future_us:
+        if arrival - self.expired_us <= occurred_at <= arrival + self.max_future_us:
             return None
-        if occurred_at > sent_us:
-            ahead = (occurred_at - sent_us) / MICROS
-            return "future_timestamp", f"occurred_at is {ahead:.0f}s after the message was sent"
-        days = self.settings.streams.max_age_days
-        return "too_old", f"occurred_at is more than {days:g} days before the message was sent"
+        if occurred_at > arrival:
+            ahead = (occurred_at - arrival) / MICROS
+            return "future_timestamp", f"occurred_at is {ahead:.0f}s after the message's timestamp"
+        if occurred_at < arrival - self.max_age_us:
+            days = self.settings.streams.max_age_days
+            return "too_old", f"occurred_at is more than {days:g} days before the message's timestamp"
+        return "expired", (f"occurred_at is more than retention_days = {self.settings.retention_days} "
+                           "days before the message's timestamp: no storage keeps its window")
 
     def flush_and_checkpoint(
         self, consumer: Consumer, stop: Callable[[], bool], *, close_all: bool = False
@@ -230,7 +286,7 @@ class StreamProcessor:
         dirty = sorted(self._dirty)
         sent = self.publish(dirty, stop, close_all=close_all)
         offsets = []
-        now_s = self._now_us() / MICROS
+        now_s = self.now_us() / MICROS
         for key in dirty:
             windows = self.partitions[key]
             cp = windows.checkpoint()
@@ -258,12 +314,13 @@ class StreamProcessor:
                 sent += 1
         self._wait_delivered(stop)
         WINDOWS_CLOSED.inc(sent)
+        self.tally.rollups += sent
         WINDOWS_OPEN.set(sum(p.open_windows for p in self.partitions.values()))
         return sent
 
     def advance_idle_partitions(self, consumer: Consumer) -> None:
         """Close the windows of partitions that are caught up and have been quiet for idle_secs."""
-        now_us = self._now_us()
+        now_us = self.now_us()
         positions = self._positions(consumer)
         for key, windows in self.partitions.items():
             quiet_since = self._last_message_us.setdefault(key, now_us)
@@ -278,11 +335,14 @@ class StreamProcessor:
 
     def update_lag(self, consumer: Consumer) -> None:
         positions = self._positions(consumer)
+        total = 0
         for key, windows in list(self.partitions.items()):
             high = self._high_watermark(consumer, key)
             if high is not None:
                 position = positions.get(key, windows.position)
                 CONSUMER_LAG.labels(key[0], str(key[1])).set(max(0, high - position))
+                total += max(0, high - position)
+        self.tally.lag = total
 
     def _positions(self, consumer: Consumer) -> dict[TopicPartitionKey, int]:
         """librdkafka's fetch positions: unlike "last record + 1" they step over transaction
@@ -309,19 +369,14 @@ class StreamProcessor:
 
     def _dead_letter(self, msg: Message, reason: str, detail: str, result: BatchResult) -> None:
         result.dead_letters += 1
+        self.tally.dead[reason] = self.tally.dead.get(reason, 0) + 1
         if not self.dead_letters:
             return
-        record: dict[str, Any] = {
-            "reason": reason,
-            "detail": detail[:1000],
-            "stage": self.stage,
-            "source_topic": msg.topic(),
-            "source_partition": msg.partition(),
-            "source_offset": msg.offset(),
-            "original_key": msg.key(),
-            "original_value": msg.value(),
-            "failed_at": self._now_us(),
-        }
+        record = dead_letter_record(
+            stage=self.stage, reason=reason, detail=detail, topic=msg.topic(),
+            partition=msg.partition(), offset=msg.offset(), key=msg.key(), value=msg.value(),
+            failed_at=self.now_us(),
+        )
         value = self.codec.encode(DEAD_LETTER, record)
         self._produce(self.settings.kafka.dead_letters_topic, msg.key(), value)
         DEAD_LETTERED.labels(self.stage, reason).inc()

@@ -1,18 +1,20 @@
 """Replay / backfill (``fraiseql-cli replay --from TIME [--to TIME]``).
 
-Recomputes the rollups of the windows lying entirely in ``[from, to)`` from the events topic and
-publishes them to the rollups topic, where the sink upserts them by rollup id. The windowing is the
-live worker's (:mod:`fraiseql_obs_streams.windowing`), so a replayed window gets the same id and, given the
-same
-partition content, the same numbers: replaying twice, or over windows the live pipeline already
-wrote, changes nothing.
+Recomputes every rollup of the windows that start in ``[from, to)`` — the windows themselves and
+their corrections (late events) — from the events topic, and publishes them to the rollups topic,
+where the sink upserts them by rollup id. The windowing is the live worker's
+(:mod:`fraiseql_obs_streams.windowing`): decisions depend only on the partition's content, so a
+replayed rollup gets the live one's id and numbers, and replaying twice, or over what the live
+pipeline already wrote, changes nothing.
 
-Where to read: for each partition, from the offset of the first message sent at or after
-``from − margin`` to the last one sent before ``to + margin``. The margin (grace plus the recorder's
-flush interval) covers events sent a while after they happened, and lets the watermark build up
-before the first window of the interval, so lateness is judged as the live worker judged it.
-The replay uses its own consumer (no group membership, no committed offsets) and never
-dead-letters: the live worker already did.
+Where to read: for each partition, from the first message whose (broker) timestamp is at or after
+``from − max_future − grace − margin`` (no earlier message can hold an event of the interval, and
+the margin lets the partition clock build up as the live worker's did) to the end of the
+partition: a late event of the interval may have arrived at any time since. Only complete
+aggregates are published: closed by the clock, or, at the end, by the live worker's idle rule
+(``clock − idle_secs``). Those still open are the live worker's to publish. The replay uses its
+own consumer (no group membership, no committed offsets) and never dead-letters: the live worker
+already did.
 """
 
 from __future__ import annotations
@@ -31,19 +33,16 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from fraiseql_observability.codec import default_codec
 from fraiseql_observability.config import Settings
-from fraiseql_observability.errors import FraiseqlError
+from fraiseql_observability.timeutil import MICROS, to_micros
 
+from .errors import ReplayError
 from .processor import StreamProcessor
-from .windowing import MICROS, PartitionWindows
+from .windowing import PartitionWindows
 from .worker import consumer_config, stream_producer
 
-__all__ = ["ReplayError", "ReplayProgress", "ReplayReport", "replay", "terminal_progress"]
+__all__ = ["ReplayProgress", "ReplayReport", "replay", "terminal_progress"]
 
 log = logging.getLogger(__name__)
-
-
-class ReplayError(FraiseqlError):
-    """The interval cannot be replayed (no such topic, nothing retained, broker unreachable)."""
 
 
 @dataclass
@@ -67,12 +66,14 @@ class ReplayReport:
     events_read: int
     rollups_published: int
     dead_letters_skipped: int
+    late_corrected: int
     seconds: float
 
     def summary(self) -> str:
         return (f"replayed {self.events_read:,} events from {self.partitions} partitions in "
                 f"{self.seconds:.1f}s: {self.rollups_published:,} rollups published "
-                f"({self.dead_letters_skipped:,} bad or late events skipped, as the live worker did)")
+                f"({self.late_corrected:,} late events in corrections; {self.dead_letters_skipped:,} "
+                "bad events skipped, as the live worker dead-lettered them)")
 
 
 def _event_partitions(consumer: Consumer, pattern: str) -> list[TopicPartition]:
@@ -116,10 +117,12 @@ def replay(
     began = time.monotonic()
     stop = stop or threading.Event()
     window_us = settings.streams.window_secs * MICROS
-    start_us = int(start.timestamp() * MICROS)
-    end_us = int(end.timestamp() * MICROS)
+    start_us = to_micros(start)
+    end_us = to_micros(end)
     first_window = -(-start_us // window_us) * window_us  # windows starting at or after `start`
-    margin_ms = int((settings.streams.grace_secs + settings.metrics.flush_interval_secs + 60) * 1000)
+    streams = settings.streams
+    lead_us = int((streams.max_future_secs + streams.grace_secs + streams.window_secs
+                   + settings.metrics.flush_interval_secs) * MICROS)
 
     def in_interval(record: dict[str, Any]) -> bool:
         return bool(record["window_start"] >= first_window and record["window_end"] <= end_us)
@@ -133,14 +136,14 @@ def replay(
         partitions = _event_partitions(consumer, settings.kafka.events_topic)
         if not partitions:
             raise ReplayError(f"no partitions match {settings.kafka.events_topic}")
-        begin = _offsets_at(consumer, partitions, start_us // 1000 - margin_ms)
-        finish = _offsets_at(consumer, partitions, end_us // 1000 + margin_ms)
+        begin = _offsets_at(consumer, partitions, (start_us - lead_us) // 1000)
+        finish = [int(consumer.get_watermark_offsets(tp, timeout=30)[1]) for tp in partitions]
         todo = {(tp.topic, tp.partition): (b, f) for tp, b, f in zip(partitions, begin, finish, strict=True)
                 if f > b}
         total = sum(f - b for b, f in todo.values())
         for (topic, partition), (b, _f) in todo.items():
             windows = PartitionWindows(topic, partition, window_us=processor.window_us,
-                                       grace_us=processor.grace_us)
+                                       grace_us=processor.grace_us, slot_us=processor.slot_us)
             windows.position = b
             processor.partitions[(topic, partition)] = windows
         consumer.incremental_assign([TopicPartition(t, p, b) for (t, p), (b, _f) in todo.items()])
@@ -149,6 +152,7 @@ def replay(
         done = 0
         published = 0
         skipped = 0
+        corrected = 0
         remaining = dict(todo)
         last_report = 0.0
         while remaining and not stop.is_set():
@@ -173,17 +177,22 @@ def replay(
                 result = processor.process(batch)
                 done += result.consumed
                 skipped += result.dead_letters
+                corrected += result.corrected
             published += processor.publish(sorted(processor.partitions), stop.is_set)
             if progress and (time.monotonic() - last_report > 0.5 or not remaining):
                 progress(ReplayProgress(done, total, time.monotonic() - began))
                 last_report = time.monotonic()
         if stop.is_set():
             raise ReplayError("replay interrupted; run it again (it is idempotent)")
-        published += processor.publish(sorted(processor.partitions), stop.is_set, close_all=True)
+        # The end of the topic: what the live worker's idle rule has closed by now is complete too.
+        idle_until = processor.now_us() - processor.idle_us
+        for windows in processor.partitions.values():
+            windows.advance_idle(idle_until)
+        published += processor.publish(sorted(processor.partitions), stop.is_set)
     finally:
         consumer.close()
         producer.flush(30)
-    return ReplayReport(len(todo), done, published, skipped, time.monotonic() - began)
+    return ReplayReport(len(todo), done, published, skipped, corrected, time.monotonic() - began)
 
 
 def terminal_progress(stream: TextIO = sys.stderr) -> Callable[[ReplayProgress], None]:

@@ -6,7 +6,7 @@ import math
 import re
 from typing import Any, Final
 
-__all__ = ["DURATION_FIELDS", "invalid_reason"]
+__all__ = ["DURATION_FIELDS", "MAX_DURATION_MS", "MAX_NAME_LEN", "MAX_WEIGHT", "invalid_reason"]
 
 DURATION_FIELDS: Final = (
     "execution_time_ms",

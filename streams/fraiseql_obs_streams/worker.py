@@ -1,12 +1,11 @@
 """The stream worker process (``fraiseql-cli stream``).
 
-A confluent-kafka consumer feeds :class:`fraiseql_obs_streams.processor.StreamProcessor` in batches; the
-process
-serves Prometheus ``/metrics`` and stops cleanly on SIGTERM. Why not a Faust agent: Faust 0.15
-awaits several asyncio tasks per message in its fetch loop, which caps an agent that only decodes at
-about 4k events/s on the reference machine, against the 50k+ this loop does end to end; and our
-checkpoints need a synchronous commit of an offset with metadata, which librdkafka gives directly
-(measurements and the rest of the reasoning: ``streams/DESIGN.md``).
+A confluent-kafka consumer feeds :class:`fraiseql_obs_streams.processor.StreamProcessor` in
+batches; the process serves Prometheus ``/metrics`` and stops cleanly on SIGTERM. Why not a Faust
+agent: Faust 0.15 awaits several asyncio tasks per message in its fetch loop, which caps an agent
+that only decodes at about 4k events/s on the reference machine, against the 50k+ this loop does
+end to end; and our checkpoints need a synchronous commit of an offset with metadata, which
+librdkafka gives directly (measurements and the rest of the reasoning: ``streams/DESIGN.md``).
 """
 
 from __future__ import annotations
@@ -24,13 +23,14 @@ from fraiseql_observability.config import Settings
 from fraiseql_observability.kafka import ensure_topics, producer_config
 from fraiseql_observability.metrics import serve_metrics
 
-from .processor import StreamProcessor
+from .processor import StreamProcessor, Tally
 
-__all__ = ["consumer_config", "run_stream_loop", "run_stream_worker"]
+__all__ = ["consumer_config", "run_stream_loop", "run_stream_worker", "stream_producer"]
 
 log = logging.getLogger(__name__)
 
 _LAG_EVERY_SECS = 5.0
+_HEALTH_EVERY_SECS = 60.0
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
@@ -89,6 +89,7 @@ def run_stream_loop(settings: Settings, stop: threading.Event,
     if on_ready:
         on_ready()
     last_lag = 0.0
+    last_health = time.monotonic()
     try:
         while not stop.is_set():
             messages = consumer.consume(settings.streams.batch_size, settings.streams.batch_timeout_secs)
@@ -99,6 +100,10 @@ def run_stream_loop(settings: Settings, stop: threading.Event,
                 processor.update_lag(consumer)
                 processor.advance_idle_partitions(consumer)
                 last_lag = time.monotonic()
+            if time.monotonic() - last_health >= _HEALTH_EVERY_SECS:
+                log.info("%s", processor.tally.line())
+                processor.tally = Tally(lag=processor.tally.lag)
+                last_health = time.monotonic()
     finally:
         try:
             processor.flush_and_checkpoint(consumer, lambda: True)

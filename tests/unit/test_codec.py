@@ -192,6 +192,7 @@ def query_rollups(draw: st.DrawFn) -> dict[str, Any]:
     )
     record["sketch_keys"] = keys
     record["sketch_weights"] = draw(st.lists(double, min_size=len(keys), max_size=len(keys)))
+    record["correction_slot"] = draw(st.none() | st.integers(min_value=0, max_value=2**62))
     return record
 
 
@@ -280,7 +281,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "cache_hits": 100.0, "rows_sum": 80.0, "exec_sum_ms": 50.0, "exec_min_ms": 10.0,
         "exec_max_ms": 15.0, "sql_generation_sum_ms": 1.0, "db_round_trip_sum_ms": 44.0,
         "projection_sum_ms": 5.0, "sketch_alpha": 0.01, "sketch_keys": [115, 136],
-        "sketch_weights": [300.0, 100.0],
+        "sketch_weights": [300.0, 100.0], "correction_slot": None,
     },
     TABLE_STATS: {
         "snapshot_id": "s", "taken_at": 1, "source": "app", "region": "eu", "schema_name": "public",

@@ -78,6 +78,7 @@ RANGES: list[tuple[str, float | None, bool, float | None, bool, bool]] = [
     ("streams.max_future_secs", 0, True, None, False, False),
     ("streams.max_age_days", 0, False, None, False, False),
     ("streams.idle_secs", 0, False, 86400, True, False),
+    ("streams.late_slot_secs", 1, True, 3600, True, True),
     ("streams.batch_size", 1, True, 1_000_000, True, True),
     ("streams.batch_timeout_secs", 0, False, 60, True, False),
     ("streams.metrics_port", 0, True, 65535, True, True),
