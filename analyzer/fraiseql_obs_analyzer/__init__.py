@@ -26,8 +26,7 @@ How the estimates are made, and what was measured: ``analyzer/DESIGN.md``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fraiseql_observability.lazy import lazy_attributes
 
 __all__ = [
     "Analysis",
@@ -54,8 +53,4 @@ _WHERE = {
     "run_once": "schedule", "run_scheduler": "schedule",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -17,7 +17,9 @@ against it), :mod:`fraiseql_obs_producers.table_snapshot` (reading table statist
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fraiseql_observability.lazy import lazy_attributes
 
 from .encoding import EventIdFactory, QueryEventEncoder
 from .errors import LoadgenError, ProducerError
@@ -62,11 +64,4 @@ _LAZY = {
     "default_workload": "workload",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module  # noqa: PLC0415 - lazy by design
-
-    return getattr(import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)

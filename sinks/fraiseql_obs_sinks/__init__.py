@@ -9,7 +9,9 @@ Submodules are imported lazily: importing the errors loads neither Kafka nor Pos
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fraiseql_observability.lazy import lazy_attributes
 
 from .errors import (
     InvalidRecord,
@@ -43,11 +45,4 @@ _LAZY = {
     "WriteResult": "writer",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module  # noqa: PLC0415 - lazy by design
-
-    return getattr(import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -14,7 +14,9 @@ Submodules are imported lazily: importing the errors loads no Kafka client.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fraiseql_observability.lazy import lazy_attributes
 
 from .errors import ReplayError, StreamError, StreamsError
 
@@ -53,11 +55,4 @@ _LAZY = {
     "run_stream_worker": "worker",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module  # noqa: PLC0415 - lazy by design
-
-    return getattr(import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)
