@@ -155,20 +155,45 @@ def test_minute_rollups_go_first_and_hourly_cells_are_frozen_after(metrics_db: s
                                  " WHERE table_name = 'rollups'")
     assert horizon == midnight(2)
 
-    # A very late minute rollup of a day whose minute rows are gone: written (its partition comes
-    # back, and goes at the next run), but the hourly cell, which can no longer be recomputed
-    # from all its minute rows, keeps what it had.
-    cell = "SELECT count, windows FROM fraiseql_metrics.rollups_hourly WHERE fingerprint = 'fp-4'"
+    # A very late rollup of a day whose minute rows are gone is folded into its frozen hourly cell
+    # (exactly once: a re-delivery changes nothing), and its minute partition is not re-created.
+    cell = ("SELECT count, windows, event_count, exec_max_ms, sketch_keys, sketch_weights"
+            " FROM fraiseql_metrics.rollups_hourly WHERE fingerprint = 'fp-4'")
     with psycopg.connect(metrics_db) as conn:
-        frozen = conn.execute(cell.encode()).fetchall()
-    late = make_rollup(us(midnight(4)) + DAY_US // 2, [9.0], fingerprint="fp-4", source_partition=5)
+        [before] = conn.execute(cell.encode()).fetchall()
+    assert before[:2] == (1.0, 1)
+    late = make_rollup(us(midnight(4)) + DAY_US // 2, [9.0, 30.0], [2.0, 1.5], fingerprint="fp-4",
+                       source_partition=5)
     with RollupWriter(metrics_db, pool_size=1) as writer:
-        assert writer.write([late]).hourly_cells == 0
+        result = writer.write([late])
+        assert (result.folded, result.hourly_cells, result.partitions_created) == (1, 0, ())
+        assert writer.write([late]).folded == 0  # re-delivered: already in the cell
     with psycopg.connect(metrics_db) as conn:
-        assert conn.execute(cell.encode()).fetchall() == frozen == [(1.0, 1)]
+        [after] = conn.execute(cell.encode()).fetchall()
+    assert after[:4] == (1.0 + 3.5, 2, before[2] + 2, 30.0)
+    # The merged sketch is the bucket-wise sum of both sketches.
+    merged: dict[int, float] = dict(zip(before[4], before[5], strict=True))
+    for key, weight in zip(late["sketch_keys"], late["sketch_weights"], strict=True):
+        merged[key] = merged.get(key, 0.0) + weight
+    assert dict(zip(after[4], after[5], strict=True)) == merged
+    assert f"rollups_p{midnight(4):%Y%m%d}" not in partitions(metrics_db)
+    # Younger than the horizon: an ordinary minute rollup, and its cell is recomputed.
+    recent = make_rollup(us(midnight(1)) + DAY_US // 2, [2.0], fingerprint="fp-1",
+                         source_partition=5)
+    with RollupWriter(metrics_db, pool_size=1) as writer:
+        assert writer.write([recent]).hourly_cells == 1
+    assert scalar(metrics_db, "SELECT count FROM fraiseql_metrics.rollups_hourly"
+                              " WHERE fingerprint = 'fp-1'") == 2.0
+    # Older than retention_days: no storage is left for it; counted, not written, nothing created.
+    ancient = make_rollup(us(midnight(7)) + DAY_US // 2, [1.0], fingerprint="fp-7",
+                          source_partition=5)
+    with RollupWriter(metrics_db, pool_size=1) as writer:
+        result = writer.write([ancient])
+        assert (result.expired, result.folded, result.partitions_created) == (1, 0, ())
+    assert scalar(metrics_db, "SELECT count(*) FROM fraiseql_metrics.rollups_hourly"
+                              " WHERE fingerprint = 'fp-7'") == 0
     assert drop_expired_partitions(metrics_db, retention_days=6, now=now,
-                                   minute_retention_days=2) == [
-        f"fraiseql_metrics.rollups_p{midnight(4):%Y%m%d}"]
+                                   minute_retention_days=2) == []
     # A minute retention longer than retention_days is capped by it.
     assert drop_expired_partitions(metrics_db, retention_days=6, now=now,
                                    minute_retention_days=30) == []

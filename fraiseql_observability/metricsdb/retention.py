@@ -17,8 +17,8 @@ Two levels of rollups: the minute rows (``rollups``) may be kept for a shorter t
 (``minute_retention_days``) than the hourly cells (``rollups_hourly``) and table statistics
 (``retention_days``); long periods are then read from the hourly level. Dropping a minute
 partition records, in the same transaction, ``retention_horizons('rollups')``: the hourly cells
-before it can no longer be recomputed from minute rows, so the sink leaves them as they are
-(frozen) should a very late minute rollup for such a day ever arrive.
+before it can no longer be recomputed from minute rows (frozen); a very late rollup for such a
+day is folded into its cell by the sink instead (migration 0005, ``sinks/DESIGN.md``).
 
 Connect as a member of ``fraiseql_maintainer`` (the partitions' owner) or a superuser.
 """

@@ -13,6 +13,7 @@ __all__ = [
     "BATCHES",
     "CONSUMER_LAG",
     "DEAD_LETTERS",
+    "EXPIRED_ROLLUPS",
     "LAST_WRITE",
     "RETRIES",
     "ROWS_WRITTEN",
@@ -41,4 +42,9 @@ CONSUMER_LAG = Gauge(
     "fraiseql_sink_consumer_lag",
     "Messages not yet written to the metrics database: high watermark minus committed offset",
     ["topic", "partition"],
+)
+EXPIRED_ROLLUPS = Counter(
+    "fraiseql_sink_rollups_expired_total",
+    "Rollups older than the metrics database keeps (no hourly partition left for their day):"
+    " not written",
 )

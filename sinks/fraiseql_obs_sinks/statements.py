@@ -25,8 +25,10 @@ from .records import RollupRow, TableStatsRow
 
 __all__ = [
     "ENSURE_PARTITIONS",
+    "FOLD_HOURLY",
     "INSERT_NEW_ROLLUPS",
     "REFRESH_HOURLY",
+    "ROLLUPS_HORIZON",
     "ROLLUP_COLUMNS",
     "ROLLUP_KEY",
     "TABLE_STATS_COLUMNS",
@@ -36,6 +38,7 @@ __all__ = [
     "UPSERT_TABLE_STATS",
     "HourlyCell",
     "cell_arrays",
+    "fold_document",
     "rollup_arrays",
     "rollup_params",
     "stats_params",
@@ -151,6 +154,35 @@ ENSURE_PARTITIONS: Final = sql.SQL("SELECT {}(%s, %s)").format(
 REFRESH_HOURLY: Final = sql.SQL(
     "SELECT {}(%b::text[], %b::text[], %b::timestamptz[], %b::float8[])"
 ).format(sql.Identifier(SCHEMA, "refresh_hourly"))
+
+ROLLUPS_HORIZON: Final = sql.SQL("SELECT {}()").format(sql.Identifier(SCHEMA, "rollups_horizon"))
+# Very late rollups (hours before the retention horizon) as one JSON document: rare, so clarity
+# beats speed here (19 parallel arrays would be the alternative).
+FOLD_HOURLY: Final = sql.SQL("SELECT * FROM {}(%s::jsonb)").format(
+    sql.Identifier(SCHEMA, "fold_hourly")
+)
+# The columns of a rollup that its hourly cell sums or merges (fold_hourly's record type).
+_FOLD_COLUMNS: Final = (
+    "fingerprint", "region", "sketch_alpha", "event_count", "count", "error_count", "cache_hits",
+    "rows_sum", "exec_sum_ms", "exec_min_ms", "exec_max_ms", "sql_generation_sum_ms",
+    "db_round_trip_sum_ms", "projection_sum_ms",
+)
+
+
+def fold_document(rows: Sequence[RollupRow]) -> list[dict[str, Any]]:
+    """The JSON argument of FOLD_HOURLY. Floats go through json's repr(), which reads back as the
+    same float8; validation already excluded NaN and infinities."""
+    return [
+        {
+            "rollup_id": str(r.rollup_id),
+            "window_start": r.window_start.isoformat(),
+            "window_end": r.window_end.isoformat(),
+            **{name: getattr(r, name) for name in _FOLD_COLUMNS},
+            "sketch_keys": list(r.sketch_keys),
+            "sketch_weights": list(r.sketch_weights),
+        }
+        for r in rows
+    ]
 
 
 # The catalogue row describes the newest window seen; on a tie of last_seen the greatest

@@ -27,6 +27,15 @@ row is what keeps the level idempotent: a re-delivered, duplicated or late rollu
 minute rows, and the cell is again exactly the merge of those. Windows that cross an hour boundary
 belong to no cell (readers take them from the minute level).
 
+Very late rollups: a rollup of an hour before the retention horizon (its day's minute rows are gone,
+``minute_retention_days``) is folded into its frozen hourly cell by
+``fraiseql_metrics.fold_hourly`` (``migrations/0005_fold_hourly.sql``: exactly once, by the rollup
+ids the cell remembers) instead of being written to a re-created minute partition that the next
+retention run would drop. The routing reads the horizon inside the writing transaction (a shared
+row lock, so retention cannot move it under the batch). A rollup of a day whose hourly partition is
+gone too (older than ``retention_days``) has no storage left: it is counted in
+``fraiseql_sink_rollups_expired_total`` and logged, never written.
+
 Partitions: before the transaction, the days of the batch that are not known to exist are created
 through ``fraiseql_metrics.ensure_partitions`` in a short transaction of their own. Creating a
 partition is idempotent and harmless to commit separately, and doing it inside the data
@@ -35,6 +44,7 @@ transaction would hold the partition lock until the whole batch is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -52,17 +62,20 @@ from fraiseql_observability.secrets import mask_secrets
 from fraiseql_observability.timeutil import EPOCH, HOUR
 
 from .errors import RecordRejected, WriteFailed
-from .metrics import LAST_WRITE, ROWS_WRITTEN
+from .metrics import EXPIRED_ROLLUPS, LAST_WRITE, ROWS_WRITTEN
 from .records import DEFAULT_LIMITS, RecordLimits, RollupRow, TableStatsRow
 from .statements import (
     ENSURE_PARTITIONS,
+    FOLD_HOURLY,
     INSERT_NEW_ROLLUPS,
     REFRESH_HOURLY,
+    ROLLUPS_HORIZON,
     UPSERT_PATTERNS,
     UPSERT_ROLLUPS,
     UPSERT_TABLE_STATS,
     HourlyCell,
     cell_arrays,
+    fold_document,
     rollup_arrays,
     rollup_params,
     stats_params,
@@ -75,11 +88,15 @@ __all__ = [
     "WriteResult",
     "hour_start",
     "hourly_cells",
+    "split_by_horizon",
 ]
 
 log = logging.getLogger(__name__)
 
 MAX_ACQUIRE_SECS: Final = 5.0
+# How long the writer trusts its last reading of the retention horizon when choosing which days
+# need minute partitions (the transaction reads it again before routing any row).
+HORIZON_TTL_SECS: Final = 30.0
 
 # The statement and parameters that write minute rollups the way the sink does; tests/test_migrate.py
 # imports them from here under these names.
@@ -102,6 +119,24 @@ def hourly_cells(rollups: Iterable[RollupRow]) -> list[HourlyCell]:
     return sorted(cells)
 
 
+def split_by_horizon(
+    rollups: Sequence[RollupRow], horizon: datetime | None
+) -> tuple[list[RollupRow], list[RollupRow]]:
+    """``(minute, fold)``: rollups of hours before ``horizon`` that belong to a cell are folded
+    into the hourly level; everything else is written as minute rows. Order is kept."""
+    if horizon is None:
+        return list(rollups), []
+    minute: list[RollupRow] = []
+    fold: list[RollupRow] = []
+    for row in rollups:
+        hour = hour_start(row.window_start)
+        if hour < horizon and row.window_end <= hour + HOUR:
+            fold.append(row)
+        else:
+            minute.append(row)
+    return minute, fold
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What one committed batch contained."""
@@ -111,6 +146,8 @@ class WriteResult:
     table_stats: int = 0
     partitions_created: tuple[str, ...] = ()
     hourly_cells: int = 0  # cells of rollups_hourly recomputed (and holding data)
+    folded: int = 0  # very late rollups folded into frozen hourly cells (new ones only)
+    expired: int = 0  # rollups with no storage left (older than retention_days), not written
 
 
 @dataclass(slots=True)
@@ -203,6 +240,7 @@ class RollupWriter:
         self.lock_timeout_secs = lock_timeout_secs
         self.limits = limits
         self._known_days: set[date] = set()
+        self._horizon: tuple[float, datetime | None] | None = None  # (read at, value)
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
             url,
             min_size=1,
@@ -318,11 +356,12 @@ class RollupWriter:
         ordered_rollups = [rollup_rows[k] for k in sorted(rollup_rows)]
         ordered_stats = [stats_rows[k] for k in sorted(stats_rows)]
         patterns = _patterns(ordered_rollups)
-        days = {r.day for r in ordered_rollups} | {s.day for s in ordered_stats}
         for attempt in (1, 2):
             try:
+                minute, _ = split_by_horizon(ordered_rollups, self._cached_horizon())
+                days = {r.day for r in minute} | {s.day for s in ordered_stats}
                 created = self._ensure_days(days)
-                cells = self._write(ordered_rollups, patterns, ordered_stats)
+                cells, folded, expired = self._write(ordered_rollups, patterns, ordered_stats)
                 break
             except psycopg.Error as exc:
                 self.forget_partitions()
@@ -335,23 +374,52 @@ class RollupWriter:
             except WriteFailed:
                 self.forget_partitions()
                 raise
+        if expired:
+            EXPIRED_ROLLUPS.inc(len(expired))
+            log.warning(
+                "%d rollup(s) older than the metrics database keeps (retention_days: no hourly "
+                "partition left for their day) were not written, e.g. %s of %s",
+                len(expired), expired[0][0], expired[0][1].isoformat())
         LAST_WRITE.set(time.time())
         ROWS_WRITTEN.labels("rollups").inc(len(ordered_rollups))
         ROWS_WRITTEN.labels("patterns").inc(len(patterns))
         ROWS_WRITTEN.labels("table_stats").inc(len(ordered_stats))
-        ROWS_WRITTEN.labels("rollups_hourly").inc(cells)
+        ROWS_WRITTEN.labels("rollups_hourly").inc(cells + folded)
         return WriteResult(len(ordered_rollups), len(patterns), len(ordered_stats), tuple(created),
-                           cells)
+                           cells, folded, len(expired))
+
+    def _cached_horizon(self) -> datetime | None:
+        """The retention horizon of the minute rows, re-read at most every HORIZON_TTL_SECS."""
+        now = time.monotonic()
+        if self._horizon is None or now - self._horizon[0] > HORIZON_TTL_SECS:
+            with self._pool.connection() as conn:
+                row = conn.execute(ROLLUPS_HORIZON).fetchone()
+            value = row[0] if row is not None and isinstance(row[0], datetime) else None
+            self._horizon = (now, value)
+        return self._horizon[1]
 
     def _write(
         self,
         rollups: Sequence[RollupRow],
         patterns: Sequence[_Pattern],
         table_stats: Sequence[TableStatsRow],
-    ) -> int:
-        """One transaction; returns the number of hourly cells recomputed."""
+    ) -> tuple[int, int, list[tuple[uuid.UUID, datetime]]]:
+        """One transaction; returns the hourly cells recomputed, the rollups folded into frozen
+        cells, and the keys of the rollups that had no storage left."""
         refreshed = 0
+        folded = 0
+        expired: list[tuple[uuid.UUID, datetime]] = []
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if rollups:
+                # Read under a shared lock: retention cannot move it until this commits.
+                row = cur.execute(ROLLUPS_HORIZON).fetchone()
+                horizon = row[0] if row is not None and isinstance(row[0], datetime) else None
+                self._horizon = (time.monotonic(), horizon)
+                rollups, fold = split_by_horizon(rollups, horizon)
+                if fold:
+                    skipped = cur.execute(FOLD_HOURLY, (json.dumps(fold_document(fold)),)).fetchall()
+                    expired = [(k[0], k[1]) for k in skipped if k[2] == "expired"]
+                    folded = len(fold) - len(skipped)
             if rollups:
                 inserted = {
                     (key[0], key[1])
@@ -380,4 +448,4 @@ class RollupWriter:
                 )
             if table_stats:
                 cur.executemany(UPSERT_TABLE_STATS, [stats_params(s) for s in table_stats])
-        return refreshed
+        return refreshed, folded, expired
