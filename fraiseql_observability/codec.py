@@ -5,6 +5,12 @@ schema's Parsing Canonical Form, then the Avro binary body. Readers look the wri
 fingerprint among ``schemas/*.avsc`` and resolve it against the current schema of the same record,
 so old writers keep working after a backward-compatible change.
 
+A schema file may name a record another current file defines (``QueryEventBatch``'s items are
+``QueryEvent``): the codec expands the reference in place before fingerprinting and parsing, so the
+fingerprint covers the whole definition (a changed ``QueryEvent`` changes the batch's fingerprint)
+and each file stays one definition. An older ``*.vN.avsc`` writer of such a record inlines the
+definition it was written with.
+
 Timestamps (``timestamp-micros``) travel as plain integers of microseconds since the epoch: the
 logical type is stripped before parsing because converting to ``datetime`` halves fastavro's speed
 on the hot path (NOTES.md). Callers convert where they need a ``datetime``.
@@ -29,6 +35,7 @@ __all__ = [
     "DEAD_LETTER",
     "MAGIC",
     "QUERY_EVENT",
+    "QUERY_EVENT_BATCH",
     "QUERY_ROLLUP",
     "SCHEMA_DIR",
     "SUGGESTION",
@@ -45,6 +52,8 @@ MAGIC: Final = b"\xc3\x01"
 HEADER_LEN: Final = 10
 NAMESPACE: Final = "fraiseql.observability"
 QUERY_EVENT: Final = f"{NAMESPACE}.QueryEvent"
+# Several QueryEvent in one message (the Recorder's default); either may arrive on the events topic.
+QUERY_EVENT_BATCH: Final = f"{NAMESPACE}.QueryEventBatch"
 QUERY_ROLLUP: Final = f"{NAMESPACE}.QueryRollup"
 TABLE_STATS: Final = f"{NAMESPACE}.TableStats"
 DEAD_LETTER: Final = f"{NAMESPACE}.DeadLetter"
@@ -61,6 +70,46 @@ def _strip_logical_types(node: Any) -> Any:
     return node
 
 
+_PRIMITIVES: Final = frozenset(
+    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+
+
+def _full_name(name: str, namespace: str | None) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _expand(node: Any, namespace: str | None, library: Mapping[str, Any], defined: set[str]) -> Any:
+    """``node`` with the first reference to each record of ``library`` replaced by its definition
+    (what a self-contained schema, and so its Parsing Canonical Form, must hold)."""
+    if isinstance(node, str):
+        if node in _PRIMITIVES:
+            return node
+        full = _full_name(node, namespace)
+        if full in defined or full not in library:
+            return node  # a later reference, or unknown (fastavro reports that)
+        return _expand(library[full], namespace, library, defined)
+    if isinstance(node, list):
+        return [_expand(v, namespace, library, defined) for v in node]
+    if not isinstance(node, dict):
+        return node
+    kind = node.get("type")
+    if kind in {"record", "error", "enum", "fixed"}:
+        namespace = node.get("namespace", namespace)
+        defined.add(_full_name(str(node["name"]), namespace))
+        if kind in {"enum", "fixed"}:
+            return node
+        fields = [{**f, "type": _expand(f["type"], namespace, library, defined)}
+                  for f in node["fields"]]
+        return {**node, "fields": fields}
+    if kind == "array":
+        return {**node, "items": _expand(node["items"], namespace, library, defined)}
+    if kind == "map":
+        return {**node, "values": _expand(node["values"], namespace, library, defined)}
+    if kind is not None and kind not in _PRIMITIVES:
+        return {**node, "type": _expand(kind, namespace, library, defined)}
+    return node
+
+
 @dataclass(frozen=True, slots=True)
 class _Schema:
     name: str
@@ -74,8 +123,14 @@ class Codec:
     def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
         self._by_fingerprint: dict[bytes, _Schema] = {}
         self._current: dict[str, _Schema] = {}
-        for path in sorted(schema_dir.glob("*.avsc")):
-            raw = json.loads(path.read_text(encoding="utf-8"))
+        files = {path: json.loads(path.read_text(encoding="utf-8"))
+                 for path in sorted(schema_dir.glob("*.avsc"))}
+        # Current definitions by full name: what another file may reference by name.
+        library = {_full_name(str(raw["name"]), raw.get("namespace")): raw
+                   for path, raw in files.items()
+                   if path.stem.count(".") == 0 and isinstance(raw, dict) and "name" in raw}
+        for path, named in files.items():
+            raw = _expand(named, None, library, set())
             canonical = to_parsing_canonical_form(raw)
             fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
             parsed: Any = fastavro.parse_schema(_strip_logical_types(raw))
@@ -90,6 +145,10 @@ class Codec:
 
     def fingerprint_of(self, name: str) -> bytes:
         return self._current[name].fingerprint
+
+    def has_schema(self, name: str) -> bool:
+        """True when the folder holds a current schema of ``name``."""
+        return name in self._current
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` with the current schema of ``name``.

@@ -13,16 +13,18 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 from .secrets import mask_secrets, mask_url
+from .timeutil import DURATION_FORMAT, parse_duration
 
 __all__ = [
     "ENV_OVERRIDES",
     "WINDOWS",
+    "WINDOW_ALLOWED",
     "AnalysisSettings",
     "DatabaseSettings",
     "KafkaSettings",
@@ -36,6 +38,7 @@ __all__ = [
 
 DEFAULT_CONFIG_FILE = "fraiseql.toml"
 
+# The SPEC's documented windows; any other N[smhdw] (3h, 90m, 2d) is valid too (SPEC §4).
 WINDOWS: dict[str, int] = {
     "1h": 3600,
     "6h": 6 * 3600,
@@ -45,17 +48,15 @@ WINDOWS: dict[str, int] = {
     "30d": 30 * 86400,
     "90d": 90 * 86400,
 }
-WindowName = Literal["1h", "6h", "12h", "1d", "7d", "30d", "90d"]
+WINDOW_ALLOWED = f"{DURATION_FORMAT}; the documented ones: {', '.join(WINDOWS)}"
 
 
 def window_to_seconds(window: str) -> int:
-    """Seconds in an analysis window name such as ``7d``."""
+    """Seconds in an analysis window such as ``7d`` or ``90m`` (any ``N[smhdw]``)."""
     try:
-        return WINDOWS[window]
-    except KeyError:
-        raise ConfigError(
-            f"window = {window!r}: allowed {', '.join(WINDOWS)}"
-        ) from None
+        return int(parse_duration(window).total_seconds())
+    except ValueError:
+        raise ConfigError(f"window = {window!r}: allowed {WINDOW_ALLOWED}") from None
 
 
 def _field(default: Any, *, ge: float | None = None, le: float | None = None,
@@ -80,6 +81,10 @@ class MetricsSettings(_Section):
     buffer_size: int = _field(100, ge=1, le=10_000_000)
     flush_interval_secs: float = _field(60.0, gt=0, le=86400)
     batch_size: int = _field(100, ge=1, le=1_000_000)
+    # One QueryEventBatch message per target partition and flush (False: one message per event).
+    batch_messages: bool = True
+    # Largest batch message the recorder builds: below the broker's 1 MB message.max.bytes default.
+    max_message_bytes: int = _field(900_000, ge=1024, le=100_000_000)
     slow_query_ms: float = _field(1000.0, ge=0)  # always keep queries slower than this
     always_keep_errors: bool = True
     metrics_port: int = _field(0, ge=0, le=65535)  # 0: the API process serves no /metrics itself
@@ -108,10 +113,16 @@ class AnalysisSettings(_Section):
     min_frequency: float = _field(1000.0, ge=0)
     min_speedup: float = _field(5.0, ge=1)
     min_selectivity: float = _field(0.1, ge=0, le=1)
-    window: WindowName = Field("7d", json_schema_extra={"allowed": ", ".join(WINDOWS)})
+    window: str = Field("7d", json_schema_extra={"allowed": WINDOW_ALLOWED})
     schedule: str = Field("0 2 * * 1", json_schema_extra={"allowed": "a 5-field cron expression"})
     reports_dir: str = "reports"
     metrics_port: int = _field(9104, ge=0, le=65535)
+
+    @field_validator("window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # its ValueError names the expected format
+        return value
 
     @field_validator("schedule")
     @classmethod
@@ -123,6 +134,10 @@ class AnalysisSettings(_Section):
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError("not a 5-field cron expression")
         return value
+
+
+# host:port, an optional listener scheme (SSL://), a bracketed IPv6 host ([::1]:9092).
+_HOST_PORT = re.compile(r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}")
 
 
 class KafkaSettings(_Section):
@@ -139,6 +154,21 @@ class KafkaSettings(_Section):
     dead_letters_topic: str = "fraiseql.dead-letters"
     partitions: int = _field(6, ge=1, le=10_000)
     replication_factor: int = _field(1, ge=1, le=10)
+    # How long a worker (stream, sink) waits at start-up for an unreachable broker, logging why
+    # every few seconds, before it exits with code 1: a supervisor then shows the reason, instead
+    # of a process that looks alive and does nothing. One-shot commands do not wait.
+    startup_timeout_secs: float = _field(60.0, ge=0, le=3600)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        # librdkafka only says "Broker transport failure" after its timeout for a malformed
+        # address; checking the shape at start-up turns a typo into a one-line error at once.
+        servers = [part.strip() for part in value.split(",")]
+        for server in servers:
+            if not _HOST_PORT.fullmatch(server) or not 1 <= int(server.rpartition(":")[2]) <= 65535:
+                raise ValueError(f"{server!r} is not host:port (port 1..65535)")
+        return ",".join(servers)
 
 
 class StreamSettings(_Section):
@@ -159,14 +189,14 @@ class StreamSettings(_Section):
     batch_size: int = _field(5000, ge=1, le=1_000_000)
     batch_timeout_secs: float = _field(0.5, gt=0, le=60)
     group_id: str = "fraiseql-stream"
-    metrics_port: int = _field(9101, ge=0, le=65535)
+    metrics_port: int = _field(9101, ge=0, le=65535)  # 0: a free port, logged at start
 
 
 class SinkSettings(_Section):
     batch_size: int = _field(2000, ge=1, le=1_000_000)
     batch_timeout_secs: float = _field(1.0, gt=0, le=60)
     group_id: str = "fraiseql-sink"
-    metrics_port: int = _field(9102, ge=0, le=65535)
+    metrics_port: int = _field(9102, ge=0, le=65535)  # 0: a free port, logged at start
 
 
 class Settings(_Section):

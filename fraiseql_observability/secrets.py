@@ -9,6 +9,12 @@ __all__ = ["mask_secrets", "mask_url"]
 # The password runs to the last "@" of the whitespace-delimited word: passwords typed by hand hold
 # unescaped "@", "/", "#", "?" (masking a little too much is safe, leaking the tail is not).
 _URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@")
+# The same without a scheme ("alice:S3cret@db:5432/metrics", a URL typed without postgresql://,
+# a Kafka SASL "user:password@host"): a user-like token, ":", anything but "//" (a scheme's), up to
+# the last "@" of the word, then something host-like. Masking an odd "a:b@c" is the safe mistake.
+_USERINFO_IN_TEXT = re.compile(
+    r"(?<![\w.%+~-])(?P<user>[\w.%+~-]+):(?!//)(?P<pw>[^\s]*)@(?=[\w\[])"
+)
 _KV_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
 
 
@@ -31,6 +37,11 @@ def mask_url(url: str) -> str:
 
 
 def mask_secrets(text: str) -> str:
-    """Mask passwords embedded in free text (URLs and libpq ``password=`` pairs)."""
+    """Mask passwords embedded in free text (URLs with or without a scheme, libpq ``password=``).
+
+    >>> mask_secrets("cannot connect to alice:S3cret@db:5432/metrics")
+    'cannot connect to alice:***@db:5432/metrics'
+    """
     text = _URL_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _USERINFO_IN_TEXT.sub(lambda m: f"{m['user']}:***@", text)
     return _KV_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)

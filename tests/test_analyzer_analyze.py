@@ -20,7 +20,8 @@ from psycopg import sql
 
 from fraiseql_obs_analyzer.analyze import AnalyzeOptions, run_analysis
 from fraiseql_obs_analyzer.errors import AnalyzerUnavailable, ValidationUnavailable
-from fraiseql_obs_analyzer.records import priority_for
+from fraiseql_obs_analyzer.priority import priority_for_saving
+from fraiseql_obs_analyzer.records import PRIORITIES
 from fraiseql_obs_analyzer.report import render_json, render_sql, render_text
 from fraiseql_obs_app.cli import main
 from fraiseql_obs_producers.appdb import create_demo_app_db
@@ -136,12 +137,16 @@ def test_planted_pattern_is_the_top_suggestion_with_exact_evidence(workload_db: 
                                                   ("data->>'customer_email'",))
     assert top.priority == "critical" and top.json_column == "data" and top.path == "customer_email"
     assert [p.query_name for p in top.patterns] == [PLANTED]
-    # Ranked by time saved per day; priorities follow impact = queries/day x speedup.
+    # Ranked by time saved per day; priorities by its share of the workload's database time,
+    # so they never increase down the ranking.
     saved = [s.time_saved_ms_per_day for s in suggestions if s.type != "drop_index"]
     assert saved == sorted(saved, reverse=True)
+    order = [PRIORITIES.index(s.priority) for s in suggestions]
+    assert order == sorted(order)
+    assert analysis.workload_db_ms_per_day > 0
     for suggestion in suggestions:
-        assert suggestion.priority == priority_for(suggestion.impact.queries_per_day,
-                                                   suggestion.impact.estimated_speedup)
+        assert suggestion.priority == priority_for_saving(suggestion.time_saved_ms_per_day,
+                                                          analysis.workload_db_ms_per_day)
         assert suggestion.validation["method"] == "model"
     # Evidence: weighted queries/day over the hour the data covers, p95 of the merged sketches.
     load = next(load for load in core_loads() if load.query_name == PLANTED)
@@ -179,7 +184,9 @@ def test_json_document_is_exactly_spec_and_works_with_jq(workload_db: tuple[str,
     out = cli("analyze", "--database", url, "--window", "1d", "--format", "json", check=True)
     document = json.loads(out.stdout)
     assert list(document) == ["version", "analyzed_at", "database_type", "window", "metrics",
-                              "suggestions"]
+                              "suggestions", "coverage"]  # coverage: added to SPEC's keys
+    assert document["coverage"]["short"] is True  # an hour of data in a 1-day window
+    assert document["coverage"]["priority_cap"] is None  # but an hour is enough for critical
     assert document["database_type"] == "postgresql"
     assert list(document["window"]) == ["start", "end", "days"] and document["window"]["days"] == 1
     assert list(document["metrics"]) == ["total_executions", "unique_queries",
@@ -223,7 +230,7 @@ def test_exit_codes(metrics_db: str, capsys: pytest.CaptureFixture[str]) -> None
     unreachable = cli("analyze", "--database", "postgresql://u:s3cret@127.0.0.1:1/x")
     assert unreachable.returncode == 1
     assert "s3cret" not in unreachable.stderr and "cannot connect" in unreachable.stderr
-    for args in (["--window", "2d"], ["--min-speedup", "0.5"], ["--min-selectivity", "2"],
+    for args in (["--window", "2x"], ["--window", "0h"], ["--min-speedup", "0.5"], ["--min-selectivity", "2"],
                  ["--format", "yaml"], ["--validate-with", "mysql://x"], ["--type", "index"],
                  ["--min-frequency", "-1"]):
         assert run_main("analyze", "--database", metrics_db, *args) == 2, args

@@ -71,7 +71,8 @@ def test_schedule_once_stores_publishes_writes_reports_and_runs_retention(
         tmp_path: Path, kafka_settings: KafkaSettings, metrics_db: str, scheduler_url: str
 ) -> None:
     end = now_minute_us()
-    seed_metrics(metrics_db, core_loads(), start_us=end - 30 * MINUTE, minutes=30,
+    # An hour: with less, priorities stop at medium (short data) and nothing would be "high".
+    seed_metrics(metrics_db, core_loads(), start_us=end - 60 * MINUTE, minutes=60,
                  table_stats=demo_table_stats(end - MINUTE))
     expired = datetime.now(UTC) - timedelta(days=45)
     with psycopg.connect(metrics_db, autocommit=True) as conn:  # a superuser URL

@@ -68,6 +68,8 @@ def test_unreachable_database_exits_1_without_leaking_the_password() -> None:
 
 
 def test_usage_error_exits_2() -> None:
-    out = subprocess.run([sys.executable, "-m", "fraiseql_obs_app.cli", "stats", "--window", "2w"],
+    # "2w" is a window now (any N[smhdw], #15); "2x" is not.
+    out = subprocess.run([sys.executable, "-m", "fraiseql_obs_app.cli", "stats", "--window", "2x"],
                          capture_output=True, text=True, env=clean_env(), check=False)
     assert out.returncode == 2
+    assert "--window" in out.stderr and "'2x'" in out.stderr and "90m" in out.stderr

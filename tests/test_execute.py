@@ -26,10 +26,9 @@ from fraiseql_obs_producers.execute import ExecutionError, QueryExecution, neare
 from fraiseql_obs_producers.fingerprint import fingerprint_sql
 from fraiseql_obs_producers.loadgen import weighted_quantile
 from fraiseql_obs_producers.workload import Workload, default_workload
-from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
-from tests.fix_kafka import consume_all
 from tests.fix_procs import clean_env, cli, write_config
+from tests.query_events import read_events
 
 ROWS = 10_000
 
@@ -84,11 +83,9 @@ def _settings(kafka: KafkaSettings, sample_rate: float, slow_query_ms: float = 1
                                             flush_interval_secs=0.2, slow_query_ms=slow_query_ms))
 
 
-def _events(kafka: KafkaSettings, expected: int | None = None) -> list[tuple[bytes, dict[str, Any]]]:
-    codec = default_codec()
-    messages = consume_all(kafka.bootstrap_servers, kafka.events_topic, expected=expected,
-                           idle_secs=2.0, max_secs=30.0)
-    return [(key or b"", codec.decode(value, QUERY_EVENT)) for key, value, _, _ in messages]
+def _events(kafka: KafkaSettings, expected: int) -> list[dict[str, Any]]:
+    """Every event on the topic (the recorder sends QueryEventBatch messages by default)."""
+    return read_events(kafka.bootstrap_servers, kafka.events_topic, expected, extra_secs=2.0)
 
 
 @pytest.mark.kafka
@@ -109,10 +106,10 @@ def test_every_execution_is_recorded_with_its_real_timing(app_db: str,
     events = _events(kafka_settings, expected=300)
     assert len(events) == 300
     by_name: dict[str, list[float]] = defaultdict(list)
-    for key, event in events:
+    for event in events:
         pattern = workload.by_name(event["query_name"])
         assert event["sql"] == pattern.sql
-        assert event["fingerprint"] == pattern.fingerprint == key.decode()
+        assert event["fingerprint"] == pattern.fingerprint
         assert event["sample_weight"] == 1.0 and event["error"] is None
         assert event["region"] == kafka_settings.region and not event["cache_hit"]
         assert before_us <= event["occurred_at"] <= after_us
@@ -141,7 +138,7 @@ def test_sampling_weights_of_real_executions(app_db: str, kafka_settings: KafkaS
     events = _events(kafka_settings, expected=report.recorder.sent)
     assert len(events) == report.recorder.sent == report.recorder.sampled
     kept: dict[str, Counter[float]] = defaultdict(Counter)
-    for _, event in events:
+    for event in events:
         # Slow queries are always kept (weight 1), the others at 1 in 4 (weight 4).
         expected = 1.0 if event["execution_time_ms"] >= slow_ms else 4.0
         assert event["sample_weight"] == expected
@@ -153,7 +150,7 @@ def test_sampling_weights_of_real_executions(app_db: str, kafka_settings: KafkaS
         slow = Counter({d: n for d, n in measured.items() if d >= slow_ms})
         assert not slow - kept[name]  # and every slow execution was kept
         slow_total += sum(slow.values())
-    weighted = math.fsum(event["sample_weight"] for _, event in events)
+    weighted = math.fsum(event["sample_weight"] for event in events)
     fast = report.executed - slow_total
     # Weighted count estimates the 400 executions: sd of 4 × Binomial(fast, 1/4) = sqrt(3 fast).
     assert abs(weighted - report.executed) <= 5 * math.sqrt(3 * max(fast, 1))
@@ -170,7 +167,7 @@ def test_errors_are_recorded_with_their_class(app_db: str, kafka_settings: Kafka
     assert stats.rows_returned == 0
     events = _events(kafka_settings, expected=12)
     # sample_rate 0: only the always-keep-errors rule keeps them, each standing for itself.
-    assert [(e["error"], e["sample_weight"], e["rows_returned"]) for _, e in events] == \
+    assert [(e["error"], e["sample_weight"], e["rows_returned"]) for e in events] == \
         [("QueryCanceled", 1.0, 0)] * 12
 
 
@@ -201,7 +198,7 @@ def test_duration_mode_and_bad_arguments(app_db: str, fresh_db_url: str,
 def test_cli_loadgen_execute(app_db: str, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     config = write_config(tmp_path / "fraiseql.toml", kafka_settings)
     done = subprocess.run(cli(config, "loadgen", "--execute", "--app-database", app_db,
-                              "--count", "40", "--concurrency", "2"),
+                              "--count", "40", "--concurrency", "2", "--format", "json"),
                           env=clean_env(), capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stderr

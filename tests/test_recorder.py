@@ -13,16 +13,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from fraiseql_obs_producers.encoding import QUERY_EVENT_FIELDS, EventIdFactory, QueryEventEncoder
 from fraiseql_obs_producers.fingerprint import fingerprint_sql
+from fraiseql_obs_producers.partitioning import PARTITIONER, partition_of
 from fraiseql_obs_producers.recorder import Recorder
-from fraiseql_observability.codec import QUERY_EVENT, default_codec
+from fraiseql_observability.codec import QUERY_EVENT, QUERY_EVENT_BATCH, default_codec
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
+from fraiseql_observability.kafka import ensure_topics
 
 SQL_STATUS = ("SELECT data FROM tv_order WHERE data->>'status' = $1 "
               "ORDER BY data->>'created_at' DESC LIMIT $2")
@@ -39,10 +41,30 @@ def _settings(kafka: KafkaSettings, *, sample_rate: float = 1.0, **metrics: Any)
                     metrics=MetricsSettings(**metric_settings))
 
 
+def _events(message: Any) -> list[dict[str, Any]]:
+    """The events of one message: a single QueryEvent or a QueryEventBatch."""
+    name, record = default_codec().decode_named(message.value())
+    if name == QUERY_EVENT_BATCH:
+        events: list[dict[str, Any]] = record["events"]
+        return events
+    assert name == QUERY_EVENT
+    return [record]
+
+
+def _consume_events(kafka: KafkaSettings, topic: str, expected: int,
+                    timeout: float = 30.0) -> list[tuple[Any, dict[str, Any]]]:
+    """(message, event) for every event of ``topic``, like :func:`_consume` counting events."""
+    out: list[tuple[Any, dict[str, Any]]] = []
+    for message in _consume(kafka, topic, expected, timeout, count=lambda m: len(_events(m))):
+        out.extend((message, event) for event in _events(message))
+    return out
+
+
 def _consume(kafka: KafkaSettings, topic: str, expected: int,
-             timeout: float = 30.0) -> list[Any]:
-    """Every message of ``topic`` (all partitions from the start); waits for ``expected``, then
-    drains one more second so duplicates or extras would show."""
+             timeout: float = 30.0, count: Any = lambda m: 1) -> list[Any]:
+    """Every message of ``topic`` (all partitions from the start); waits for ``expected`` (as
+    ``count`` counts them: messages by default), then drains one more second so duplicates or
+    extras would show."""
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
                          "group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False})
     try:
@@ -59,16 +81,27 @@ def _consume(kafka: KafkaSettings, topic: str, expected: int,
             time.sleep(0.1)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         messages: list[Any] = []
+        seen = 0
         extra_until: float | None = None
         while time.monotonic() < deadline:
-            if len(messages) >= expected:
+            if seen >= expected:
                 extra_until = extra_until or time.monotonic() + 1.0
                 if time.monotonic() >= extra_until:
                     break
             for message in consumer.consume(1000, timeout=0.2):
                 if message.error() is None:
                     messages.append(message)
+                    seen += count(message)
         return messages
+    finally:
+        consumer.close()
+
+
+def _partition_count(kafka: KafkaSettings) -> int:
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "unused"})
+    try:
+        return len(consumer.list_topics(kafka.events_topic, timeout=10).topics[kafka.events_topic]
+                   .partitions)
     finally:
         consumer.close()
 
@@ -91,8 +124,9 @@ def _metric(name: str, labels: dict[str, str] | None = None) -> float:
 
 
 @pytest.mark.kafka
-def test_events_arrive_exactly_as_recorded(kafka_settings: KafkaSettings) -> None:
-    settings = _settings(kafka_settings)
+@pytest.mark.parametrize("batched", [True, False], ids=["batch-messages", "single-messages"])
+def test_events_arrive_exactly_as_recorded(kafka_settings: KafkaSettings, batched: bool) -> None:
+    settings = _settings(kafka_settings, batch_messages=batched)
     base = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
     expected: list[dict[str, Any]] = []
     with Recorder(settings, instance="api-test-1") as recorder:
@@ -123,14 +157,21 @@ def test_events_arrive_exactly_as_recorded(kafka_settings: KafkaSettings) -> Non
         stats = recorder.stats()
     assert stats.sent == 300 and stats.dropped_total == 0 and stats.held == 0
 
-    messages = _consume(kafka_settings, kafka_settings.events_topic, 300)
-    assert len(messages) == 300
-    codec = default_codec()
+    received = _consume_events(kafka_settings, kafka_settings.events_topic, 300)
+    assert len(received) == 300
+    partitions = _partition_count(kafka_settings)
     decoded = []
-    for message in messages:
-        event = codec.decode(message.value(), QUERY_EVENT)
-        assert message.key().decode() == event["fingerprint"]  # key = fingerprint (SPEC §2)
+    for message, event in received:
+        if batched:  # one batch per partition and flush, keyed by the sender
+            assert message.key() == b"api-test-1"
+            assert len(message.value()) <= settings.metrics.max_message_bytes
+        else:
+            assert message.key().decode() == event["fingerprint"]  # key = fingerprint (SPEC §2)
+        # Either way in the partition Kafka's default partitioner gives the fingerprint.
+        assert message.partition() == partition_of(event["fingerprint"].encode(), partitions)
         decoded.append(event)
+    if batched:
+        assert len({m.offset() for m, _ in received}) < 300 / 10
     assert len({e["event_id"] for e in decoded}) == 300
     for event in decoded:
         uuid.UUID(event.pop("event_id"))
@@ -146,9 +187,9 @@ def test_default_time_is_query_start_and_interval_flush(kafka_settings: KafkaSet
         assert _record(recorder, execution_time_ms=250.0)
         after = time.time_ns() // 1000
         # No flush() call: the interval alone must send the partial batch.
-        messages = _consume(kafka_settings, kafka_settings.events_topic, 1, timeout=15)
+        messages = _consume_events(kafka_settings, kafka_settings.events_topic, 1, timeout=15)
     assert len(messages) == 1
-    event = default_codec().decode(messages[0].value())
+    event = messages[0][1]
     # occurred_at = when the query *started*: now minus its execution time.
     assert before - 250_000 - 1000 <= event["occurred_at"] <= after - 250_000 + 1000
 
@@ -162,8 +203,7 @@ def test_sampling_weights_on_the_wire(kafka_settings: KafkaSettings) -> None:
         assert _record(recorder, error="DeadlockDetected", rows_returned=10_002)
         assert recorder.flush(20)
     assert 140 < kept < 260
-    events = [default_codec().decode(m.value())
-              for m in _consume(kafka_settings, kafka_settings.events_topic, kept + 2)]
+    events = [e for _m, e in _consume_events(kafka_settings, kafka_settings.events_topic, kept + 2)]
     weights = {e["rows_returned"]: e["sample_weight"] for e in events}
     assert len(events) == kept + 2
     assert weights.pop(10_001) == 1.0 and weights.pop(10_002) == 1.0
@@ -198,7 +238,7 @@ def test_asyncio_usage(kafka_settings: KafkaSettings) -> None:
 
     recorder = asyncio.run(api())
     assert recorder.stats().sent == 20
-    assert len(_consume(kafka_settings, kafka_settings.events_topic, 20)) == 20
+    assert len(_consume_events(kafka_settings, kafka_settings.events_topic, 20)) == 20
 
 
 @pytest.mark.kafka
@@ -353,3 +393,72 @@ def test_generic_fallback_gives_the_same_bytes() -> None:
                        fingerprint_sql(SQL_STATUS), 12.5, 0.1, 12.0, 0.4, 300, False,
                        "QueryCanceled", 100.0]
     assert slow.encode(*args) == fast.encode(*args)
+
+
+# ----------------------------------------------------------------------------- batch messages
+
+
+@pytest.mark.kafka
+def test_a_patterns_events_from_two_recorders_meet_in_one_partition(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Batching recorders and a single-message one put each fingerprint where librdkafka's
+    (and the Java client's) default partitioner puts a message keyed by it."""
+    sqls = [f"SELECT data FROM tv_{name} WHERE id = $1" for name in "abcdefghij"]
+    recorders = [Recorder(_settings(kafka_settings), instance="api-a"),
+                 Recorder(_settings(kafka_settings), instance="api-b"),
+                 Recorder(_settings(kafka_settings, batch_messages=False), instance="api-c")]
+    for recorder in recorders:
+        recorder.start()
+        for i in range(60):
+            assert _record(recorder, sql=sqls[i % len(sqls)], rows_returned=i)
+    for recorder in recorders:
+        assert recorder.flush(20)
+        recorder.close()
+    received = _consume_events(kafka_settings, kafka_settings.events_topic, 180)
+    assert len(received) == 180
+    by_fingerprint: dict[str, set[int]] = {}
+    for message, event in received:
+        by_fingerprint.setdefault(event["fingerprint"], set()).add(message.partition())
+    partitions = _partition_count(kafka_settings)
+    assert partitions > 1
+    assert {fp: p for fp, p in by_fingerprint.items()} == {
+        fingerprint_sql(sql): {partition_of(fingerprint_sql(sql).encode(), partitions)}
+        for sql in sqls}
+    assert len({p for ps in by_fingerprint.values() for p in ps}) > 1  # not all in one
+
+
+@pytest.mark.kafka
+def test_librdkafka_murmur2_partitioner_agrees_with_partition_of(
+    kafka_settings: KafkaSettings,
+) -> None:
+    topic = kafka_settings.events_topic
+    ensure_topics(kafka_settings, [topic], partitions=7)
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "partitioner": PARTITIONER})
+    delivered: dict[bytes, int] = {}
+    keys = [uuid.uuid4().hex[: 1 + i % 40].encode() for i in range(300)]
+    for key in keys:
+        producer.produce(topic, b"x", key,
+                         on_delivery=lambda err, msg: delivered.__setitem__(msg.key(), msg.partition()))
+    assert producer.flush(30) == 0
+    assert delivered == {key: partition_of(key, 7) for key in keys}
+
+
+@pytest.mark.kafka
+def test_batches_stay_under_max_message_bytes(kafka_settings: KafkaSettings) -> None:
+    settings = _settings(kafka_settings, batch_size=1000, max_message_bytes=2048)
+    with Recorder(settings, instance="api-split") as recorder:
+        for i in range(200):
+            assert _record(recorder, rows_returned=i)  # one pattern: one partition
+        assert recorder.flush(20)
+        assert recorder.stats().sent == 200
+    received = _consume_events(kafka_settings, kafka_settings.events_topic, 200)
+    messages = {m.offset(): m for m, _ in received}
+    assert sorted(e["rows_returned"] for _, e in received) == list(range(200))
+    assert len({m.partition() for m in messages.values()}) == 1
+    assert len(messages) >= 200 * 150 // 2048  # ~150-byte events: split, not one message
+    assert all(len(m.value()) <= 2048 for m in messages.values())
+    # In order within the partition: offsets, then the events in each batch.
+    in_order = [e["rows_returned"] for m, e in sorted(received, key=lambda r: r[0].offset())]
+    assert in_order == list(range(200))

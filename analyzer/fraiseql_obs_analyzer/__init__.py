@@ -11,7 +11,8 @@ stats``);
   finds unused indexes, :mod:`~fraiseql_obs_analyzer.evaluate` prices, filters and de-duplicates
   them), speedups from the cost model (:mod:`~fraiseql_obs_analyzer.costmodel`) or HypoPG
   (:mod:`~fraiseql_obs_analyzer.hypo`), migrations (:mod:`~fraiseql_obs_analyzer.sqlgen`),
-  reports (:mod:`~fraiseql_obs_analyzer.report`);
+  ranking and priorities (:mod:`~fraiseql_obs_analyzer.priority`), reports
+  (:mod:`~fraiseql_obs_analyzer.report`);
 * :func:`run_once` / :func:`run_scheduler` -- the scheduled analyzer (``fraiseql-cli schedule``):
   stored runs (:mod:`~fraiseql_obs_analyzer.store`), published suggestions
   (:mod:`~fraiseql_obs_analyzer.publish`), the

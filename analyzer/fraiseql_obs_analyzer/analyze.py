@@ -5,14 +5,17 @@ with ``validate_with`` — plans the workload's queries on a database with the a
 and statistics using HypoPG (nothing is written there). The result is an :class:`Analysis` that
 :mod:`fraiseql_obs_analyzer.report` renders as JSON, SQL or text.
 
-Ranking is by total time saved per day (queries/day × (mean before − mean after)); priority comes
-from impact = queries/day × estimated speedup (SPEC §5).
+Ranking and priority both come from the time saved per day (queries/day × (mean before − mean
+after)), the priority as a share of the workload's database time, capped at medium while the
+window holds less than about an hour of data (:mod:`fraiseql_obs_analyzer.priority`); ``impact``
+keeps SPEC §5's queries/day and estimated speedup.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ from .evidence import (
 )
 from .hypo import HypoValidator
 from .parse import parse_index_definition, parse_query_shape
+from .priority import DataCoverage, assign_priorities, rank
 from .records import (
     Analysis,
     AppliedChange,
@@ -52,7 +56,6 @@ from .records import (
     PatternImpact,
     PatternRef,
     Suggestion,
-    priority_for,
 )
 from .report import fmt_num
 from .shape import KeyExpr, QueryShape, Usage, describe_keys
@@ -269,7 +272,8 @@ def _sql(candidate: Candidate, sid: str, header: list[str], taken: set[str]) -> 
                                 method=candidate.method, opclass=candidate.opclass)
 
 
-def _build(candidate: Candidate, sketches: dict[str, Sketch], taken: set[str]) -> Suggestion:
+def _build(candidate: Candidate, priority: str, sketches: dict[str, Sketch],
+           taken: set[str]) -> Suggestion:
     table = candidate.table
     keys_text = [k.render() for k in candidate.keys]  # canonical: part of the stable id
     extra = candidate.method if candidate.kind == "add_index" else ""
@@ -291,7 +295,6 @@ def _build(candidate: Candidate, sketches: dict[str, Sketch], taken: set[str]) -
     projected = candidate.projected_p95_ms
     speedup = candidate.speedup if candidate.benefits else 1.0
     qpd = candidate.queries_per_day
-    priority = priority_for(qpd, speedup)
     json_key = next((k for k in candidate.keys if k.is_json_path), None)
     json_column = json_key.column if json_key else (
         candidate.keys[0].column if candidate.method == "gin" and candidate.keys else None)
@@ -471,21 +474,28 @@ def run_analysis(url: str, options: AnalyzeOptions, *, now: datetime | None = No
         except psycopg.Error as exc:
             raise AnalyzerUnavailable(
                 f"cannot read the metrics database {mask_url(url)}: {describe_error(exc)}") from None
-    ranked = sorted(kept, key=lambda c: (-c.time_saved_ms_per_day, -c.queries_per_day))
-    ranked += sorted(drops, key=lambda c: c.storage_mb)
+    ranked = rank(kept, drops)
+    # The same per-day scale as every pattern's queries/day: shares do not depend on it.
+    workload_db = math.fsum(p.queries_per_day * p.mean_db_ms for p in evidence.patterns.values())
+    window_days = (end - start).total_seconds() / 86400.0
+    coverage = DataCoverage(window_secs=window_days * 86400.0,
+                            data_secs=evidence.coverage_days * 86400.0)
+    priorities = assign_priorities(ranked, workload_db, coverage)
     taken: set[str] = set()
-    suggestions = [_build(c, sketches, taken) for c in ranked]
+    suggestions = [_build(c, p, sketches, taken)
+                   for c, p in zip(ranked, priorities, strict=True)]
     if options.types:
         suggestions = [s for s in suggestions if s.type in options.types]
     if options.table:
         suggestions = [s for s in suggestions if _matches_table(s, options.table)]
-    notes.append(f"floor: {floor.db_ms:.3g} ms mean database time, {floor.p95_ms:.3g} ms p95 "
-                 "(the workload's fastest patterns; no change makes a query faster)")
+    if evidence.patterns:  # without patterns there is no floor to speak of
+        notes.append(f"floor: {floor.db_ms:.3g} ms mean database time, {floor.p95_ms:.3g} ms p95 "
+                     "(the workload's fastest patterns; no change makes a query faster)")
     return Analysis(
         analyzed_at=analyzed_at,
         window_start=start,
         window_end=end,
-        window_days=(end - start).total_seconds() / 86400.0,
+        window_days=window_days,
         total_executions=evidence.total_executions,
         unique_queries=len(evidence.patterns),
         avg_execution_time_ms=evidence.avg_execution_time_ms,
@@ -493,6 +503,7 @@ def run_analysis(url: str, options: AnalyzeOptions, *, now: datetime | None = No
         applied=tuple(applied),
         notes=tuple(notes),
         coverage_days=evidence.coverage_days,
+        workload_db_ms_per_day=workload_db,
         validated_with=mask_url(options.validate_with) if options.validate_with else None,
         settings={"window": options.window, "min_frequency": options.min_frequency,
                   "min_speedup": options.min_speedup,

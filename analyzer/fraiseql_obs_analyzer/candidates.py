@@ -24,6 +24,7 @@ column filled by a trigger can be indexed (once the API filters on the column).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -34,9 +35,11 @@ from .context import Benefit, Candidate, PatternContext, TableContext, index_fit
 from .hypo import explainable
 from .shape import KeyExpr, Usage
 
-__all__ = ["MAX_EQ_KEYS", "generate_candidates"]
+__all__ = ["FEW_ROWS", "MAX_EQ_KEYS", "generate_candidates"]
 
 MAX_EQ_KEYS: Final = 3
+# Rows an equality lookup may leave and still be sorted in memory for next to nothing.
+FEW_ROWS: Final = 100.0
 
 
 def _selectivity_rank(table: TableContext, key: KeyExpr) -> float:
@@ -46,10 +49,21 @@ def _selectivity_rank(table: TableContext, key: KeyExpr) -> float:
     return (1.0 - (stat[0] or 0.0)) / max(stat[1], 1.0)
 
 
+def _matched_rows(table: TableContext, keys: Sequence[KeyExpr]) -> float:
+    """Rows the equality ``keys`` match together, by the statistics (inf: unknown)."""
+    rows = max(table.rows, 1.0)
+    for key in keys:
+        stat = table.stats.get(key.uncast())
+        if stat is None or not stat[1]:
+            return math.inf
+        rows *= (1.0 - (stat[0] or 0.0)) / max(stat[1], 1.0)
+    return rows
+
+
 def _ideal_keys(uses: Sequence[Any], table: TableContext) -> tuple[KeyExpr, ...]:
     eq: list[KeyExpr] = []
     ranges: list[KeyExpr] = []
-    sort: list[KeyExpr] = []
+    sort: list[tuple[KeyExpr, bool]] = []
     for use in uses:
         if use.in_or:
             continue
@@ -57,11 +71,25 @@ def _ideal_keys(uses: Sequence[Any], table: TableContext) -> tuple[KeyExpr, ...]
             eq.append(use.key)
         elif use.usage == Usage.RANGE and use.key not in ranges:
             ranges.append(use.key)
-        elif use.usage == Usage.SORT and use.key not in sort:
-            sort.append(use.key)
+        elif use.usage == Usage.SORT and use.key not in (k for k, _ in sort):
+            sort.append((use.key, use.descending))
     eq.sort(key=lambda k: _selectivity_rank(table, k))
     keys = eq[:MAX_EQ_KEYS]
-    sort_rest = [k for k in sort if k not in keys]
+    sort_rest: list[KeyExpr] = []
+    direction: bool | None = None
+    for key, descending in sort:
+        if key in keys:
+            continue
+        # One scan direction serves the ORDER BY keys up to the first that turns: FraiseQL 2.x
+        # breaks ties with "id ASC" after a DESC key, which the index's keys cannot also follow.
+        if direction is not None and descending != direction:
+            break
+        direction = descending
+        sort_rest.append(key)
+    if keys and _matched_rows(table, keys) <= FEW_ROWS:
+        # The equality keys leave a handful of rows: sorting them costs nothing, so no ORDER BY
+        # key belongs in the index (FraiseQL 2.x always orders its pages by id, at least).
+        sort_rest = []
     if sort_rest:
         keys += sort_rest[:2]
     elif ranges:

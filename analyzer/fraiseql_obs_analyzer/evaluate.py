@@ -1,7 +1,10 @@
 """What each candidate would save, which candidates qualify, and which are redundant.
 
 Evaluation: per (candidate, pattern) a database work ratio — the calibrated cost model, or HypoPG's
-planner costs corrected with the observed rows (:mod:`fraiseql_obs_analyzer.hypo`) — turned into a
+planner costs corrected with the observed rows (:mod:`fraiseql_obs_analyzer.hypo`; a pattern the
+validation server cannot plan, even through its inner query, is priced by the model, and
+``validation`` says which and why: ``planned``, ``planned_because``, ``planned_without_limit``,
+``hypopg_skipped``) — turned into a
 projected mean and p95 by :func:`fraiseql_obs_analyzer.costmodel.project`. A candidate's estimated
 speedup is the p95 of all its patterns' executions together before / after (each pattern's values
 divided by its own speedup), so a frequent fast pattern cannot hide a slow one; its time saved per
@@ -119,12 +122,37 @@ def _create_index(candidate: Candidate) -> Any:
         sql.Identifier(candidate.table.schema, candidate.table.name), elements)
 
 
+def _limit_cannot_stop_early(benefit: Benefit, before: PlanSummary | str) -> bool:
+    """Whether the generic plan's early stop at the LIMIT is impossible for this pattern.
+
+    With no argument values the planner guesses a parameter LIMIT keeps 10 % of the rows it
+    expects, and for an expression without statistics (a hypothetical index has none) it
+    expects 0.5 % of the table: so walking an index in ORDER BY order looks like it stops after
+    a small part of the table — FraiseQL 2.x's "ORDER BY id … LIMIT $n" on the primary key.
+    When the statistics say the filter matches fewer rows than that guess, the walk never
+    collects that many: it reads the whole table, whatever order it goes in. Then the plans to
+    compare are those without the LIMIT.
+    """
+    fit = benefit.fit
+    return (isinstance(before, PlanSummary) and before.limit_rows is not None
+            and benefit.pattern.shape.limit.kind != "none" and fit is not None
+            and fit.matched_rows is not None and fit.matched_rows < before.limit_rows)
+
+
+def _unbounded_key(fingerprint: str) -> str:
+    return fingerprint + "\x1funbounded"
+
+
 def _hypopg(candidate: Candidate, validator: HypoValidator, floor: cm.Floor,
             before_plans: dict[str, PlanSummary | str]) -> None:
     for benefit in candidate.benefits:
         fingerprint = benefit.pattern.fingerprint
         if fingerprint not in before_plans:
             before_plans[fingerprint] = validator.plan(benefit.pattern.shape)
+        if (_limit_cannot_stop_early(benefit, before_plans[fingerprint])
+                and _unbounded_key(fingerprint) not in before_plans):
+            before_plans[_unbounded_key(fingerprint)] = validator.plan(benefit.pattern.shape,
+                                                                       unbounded=True)
     kept: list[Benefit] = []
     unused: list[str] = []
     statement = _create_index(candidate)
@@ -139,14 +167,29 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor: cm.Floor,
         for benefit in candidate.benefits:
             before = before_plans[benefit.pattern.fingerprint]
             after = validator.plan(benefit.pattern.shape)
-            if isinstance(before, str) or isinstance(after, str):
+            skipped = (before if isinstance(before, str) else after if isinstance(after, str)
+                       else None if before.planned == after.planned
+                       else "the planner took the statement once and its inner query once")
+            if skipped is not None:
+                # Never fails the run: the model prices what the planner could not.
                 _model(candidate, benefit, floor)
-                benefit.details["hypopg_skipped"] = before if isinstance(before, str) else after
+                benefit.details["hypopg_skipped"] = skipped
                 kept.append(benefit)
                 continue
+            assert isinstance(before, PlanSummary) and isinstance(after, PlanSummary)
             assert benefit.fit is not None
             corrected = corrected_costs(before, after, index.name,
                                         visited_rows=benefit.fit.visited_rows)
+            without_limit = None
+            if corrected is None:
+                plans = _unbounded(benefit, validator, before_plans, index.name)
+                if plans is not None:
+                    without_limit = (
+                        f"the generic plan expected the LIMIT to stop a scan after "
+                        f"{before.limit_rows or 0:.3g} rows; the statistics say "
+                        f"~{benefit.fit.matched_rows or 0:.3g} rows match: planned without the "
+                        "LIMIT")
+                    before, after, corrected = plans
             if corrected is None:
                 unused.append(benefit.evidence.query_name or benefit.pattern.fingerprint)
                 continue
@@ -160,7 +203,12 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor: cm.Floor,
                 "planner_rows": (after.index_node(index.name) or {}).get("Plan Rows"),
                 "visited_rows": round(benefit.fit.visited_rows, 2),
                 "index_used": True,
+                "planned": before.planned,
             }
+            if before.fallback_reason:
+                benefit.details["planned_because"] = before.fallback_reason
+            if without_limit:
+                benefit.details["planned_without_limit"] = without_limit
             _apply(benefit, ratio, floor, None)
             kept.append(benefit)
     candidate.benefits = kept
@@ -176,8 +224,14 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor: cm.Floor,
             "corrected_cost_before": top.details["corrected_cost_before"],
             "corrected_cost_after": top.details["corrected_cost_after"],
             "index_size_bytes": index.size_bytes,
+            # "statement", or "inner query" when the server could not plan the statement itself
+            # (FraiseQL 2.x's JSON_OBJECT on PostgreSQL < 16): the query that filters was planned.
+            "planned": top.details["planned"],
             "patterns": {b.pattern.fingerprint: {"method": b.method, **b.details} for b in kept},
         }
+        for note in ("planned_because", "planned_without_limit"):
+            if note in top.details:
+                candidate.validation[note] = top.details[note]
         candidate.storage_mb = size_mb
         if unused:
             candidate.validation["index_unused_for"] = unused
@@ -185,6 +239,25 @@ def _hypopg(candidate: Candidate, validator: HypoValidator, floor: cm.Floor,
         candidate.validation = {"method": "model"}
         if unused:
             candidate.validation["hypopg_index_unused_for"] = unused
+    not_planned = {b.evidence.query_name or b.pattern.fingerprint: b.details["hypopg_skipped"]
+                   for b in kept if "hypopg_skipped" in b.details}
+    if not_planned:
+        # Which patterns the model priced because the planner could not plan them, and why.
+        candidate.validation["hypopg_skipped"] = not_planned
+
+
+def _unbounded(benefit: Benefit, validator: HypoValidator,
+               before_plans: dict[str, PlanSummary | str], index_name: str
+               ) -> tuple[PlanSummary, PlanSummary, tuple[float, float]] | None:
+    """Before and after plans without the LIMIT, and their corrected costs, when they apply."""
+    before = before_plans.get(_unbounded_key(benefit.pattern.fingerprint))
+    if not isinstance(before, PlanSummary) or benefit.fit is None:
+        return None
+    after = validator.plan(benefit.pattern.shape, unbounded=True)
+    if not isinstance(after, PlanSummary) or after.planned != before.planned:
+        return None
+    corrected = corrected_costs(before, after, index_name, visited_rows=benefit.fit.visited_rows)
+    return None if corrected is None else (before, after, corrected)
 
 
 def _model_storage(candidate: Candidate) -> float:

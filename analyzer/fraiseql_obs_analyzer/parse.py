@@ -7,6 +7,15 @@ subqueries and CTEs), every key it touches and how — filters under AND or OR, 
 calls. :func:`parse_index_definition` reads an index definition (``pg_get_indexdef`` text from
 the table statistics) into an :class:`~fraiseql_obs_analyzer.shape.IndexDefinition` of the same
 keys. Which key one expression denotes is :mod:`fraiseql_obs_analyzer.expressions`' business.
+
+Real FraiseQL versions are read as they write SQL. 0.5.x: flat statements, values inlined (then
+``$n`` once normalized), ``jsonb_build_object(…)::text`` projections, ``(data ->> 'k')::numeric``
+casts. 2.x: a page query (``_fq_page``: WHERE, ORDER BY with an ``id`` tiebreaker, LIMIT, and
+``row_number() OVER (ORDER BY …)``) inside pass-through wrappers (``_fq_doc``, and the outermost
+``JSON_OBJECT(… RETURNING json)`` projection restoring the page order): the page's LIMIT is the
+statement's (:func:`parse_query_shape`), window ``PARTITION BY``/``ORDER BY`` keys are sorts,
+``JSON_ARRAYAGG``/``JSON_OBJECTAGG`` aggregates, and :func:`filter_query` hands the page query
+to the validation when a server cannot plan the whole statement.
 """
 
 from __future__ import annotations
@@ -16,12 +25,13 @@ from typing import Any, Final
 
 import pglast
 from pglast import ast, enums
+from pglast.stream import RawStream
 
 from .errors import UnsupportedSql
 from .expressions import Scope, const_value, is_value, key_expr, node_names, walk
 from .shape import AGGREGATES, ColumnUse, IndexDefinition, KeyExpr, Limit, QueryShape, Relation, Usage
 
-__all__ = ["parse_index_definition", "parse_query_shape"]
+__all__ = ["filter_query", "parse_index_definition", "parse_query_shape", "without_limit"]
 
 _EQUALITY_OPS: Final = frozenset({"="})
 _RANGE_OPS: Final = frozenset({"<", ">", "<=", ">="})
@@ -73,6 +83,9 @@ class _Collector:
             if isinstance(target, ast.ResTarget):
                 targets.append(target.val)
                 self.target(target.val, scope)
+        for window in stmt.windowClause or ():  # WINDOW w AS (PARTITION BY … ORDER BY …)
+            if isinstance(window, ast.WindowDef):
+                self.window(window, scope)
         if stmt.whereClause is not None:
             self.predicate(stmt.whereClause, scope, in_or=False)
         for item in stmt.groupClause or ():
@@ -151,6 +164,25 @@ class _Collector:
 
     # -- expressions -----------------------------------------------------------------------------
 
+    def window(self, window: ast.WindowDef, scope: Scope) -> None:
+        """``OVER (PARTITION BY p ORDER BY o)``: the rows are sorted by (p, o) before the window
+        runs, as by an ORDER BY — FraiseQL 2.x pages through ``row_number() OVER (ORDER BY …)``."""
+        for key in window.partitionClause or ():
+            found = key_expr(key, scope)
+            if found is not None:
+                self.use(found, Usage.SORT)
+            else:
+                self.expressions(key, scope, Usage.OTHER)
+        for sort in window.orderClause or ():
+            if not isinstance(sort, ast.SortBy):
+                continue
+            found = key_expr(sort.node, scope)
+            if found is not None:
+                self.use(found, Usage.SORT,
+                         descending=sort.sortby_dir == enums.SortByDir.SORTBY_DESC)
+            else:
+                self.expressions(sort.node, scope, Usage.OTHER)
+
     def target(self, node: Any, scope: Scope) -> None:
         found = key_expr(node, scope)
         if found is not None:
@@ -187,11 +219,18 @@ class _Collector:
                 usage = Usage.AGGREGATE
             for arg in node.args or ():
                 self.expressions(arg, scope, usage)
+            if isinstance(node.over, ast.WindowDef):
+                self.window(node.over, scope)
             return
         if isinstance(node, tuple | list):
             for child in node:
                 self.expressions(child, scope, usage)
             return
+        if isinstance(node, ast.JsonObjectAgg | ast.JsonArrayAgg):  # JSON_ARRAYAGG(…) and kin
+            over = node.constructor.over if node.constructor is not None else None
+            if over is None:
+                self.has_aggregates = True
+                usage = Usage.AGGREGATE
         if isinstance(node, ast.Node):
             for name in node:
                 value = getattr(node, name)
@@ -298,15 +337,11 @@ def parse_query_shape(text: str) -> QueryShape:
         aggregate = isinstance(target.val, ast.FuncCall) and bool(target.val.funcname) and \
             node_names(target.val.funcname)[-1] in AGGREGATES
         targets.append((target.name, found[1] if found else None, aggregate))
-    limit = Limit("none")
-    if stmt.limitCount is not None:
-        value = const_value(stmt.limitCount)
-        if isinstance(value, int):
-            limit = Limit("const", value)
-        elif isinstance(stmt.limitCount, ast.A_Const) and stmt.limitCount.isnull:
-            limit = Limit("none")  # LIMIT NULL / LIMIT ALL
-        else:
-            limit = Limit("param")
+    # A LIMIT inside pass-through wrappers (FraiseQL 2.x's _fq_page) bounds the scan as if it
+    # were outside: the wrappers only reshape and reorder the page's rows.
+    page = _page(stmt)
+    limit = _limit(page.limitCount)
+    offset = page.limitOffset is not None and const_value(page.limitOffset) != 0
     return QueryShape(
         statement="select",
         relations=tuple(collector.relations),
@@ -319,10 +354,104 @@ def parse_query_shape(text: str) -> QueryShape:
         has_group_by=collector.has_group_by,
         has_subqueries=collector.has_subqueries,
         read_only=collector.read_only,
-        offset=stmt.limitOffset is not None,
+        offset=offset,
         targets=tuple(targets),
         tree=stmt,
     )
+
+
+def _limit(node: Any) -> Limit:
+    if node is None:
+        return Limit("none")
+    value = const_value(node)
+    if isinstance(value, int):
+        return Limit("const", value)
+    if isinstance(node, ast.A_Const) and node.isnull:
+        return Limit("none")  # LIMIT NULL / LIMIT ALL
+    return Limit("param")
+
+
+def _wrapped(stmt: ast.SelectStmt) -> ast.SelectStmt | None:
+    """The subquery ``stmt`` only passes through, or None.
+
+    A pass-through wrapper selects from exactly one subquery and neither filters, groups,
+    aggregates, deduplicates nor limits: it reshapes the rows (a projection such as FraiseQL
+    2.x's ``JSON_OBJECT(…)``, scalar subqueries for nested lists) and may reorder them, or skip
+    some with an OFFSET (2.x's ``OFFSET 0`` optimisation fence, ``OFFSET $n`` once normalized).
+    The rows it reads are those of the subquery, so the subquery carries the filter.
+    """
+    if (stmt.op not in (None, enums.SetOperation.SETOP_NONE) or stmt.whereClause is not None
+            or stmt.groupClause or stmt.havingClause is not None or stmt.distinctClause
+            or stmt.withClause is not None or stmt.valuesLists or stmt.intoClause is not None
+            or stmt.lockingClause or stmt.limitCount is not None
+            or len(stmt.fromClause or ()) != 1):
+        return None
+    item = (stmt.fromClause or ())[0]
+    if not isinstance(item, ast.RangeSubselect) or item.lateral \
+            or not isinstance(item.subquery, ast.SelectStmt):
+        return None
+    if _aggregates(stmt.targetList):
+        return None
+    return item.subquery
+
+
+def _aggregates(node: Any) -> bool:
+    """Whether ``node`` aggregates (collapses rows) — a scalar subquery's own aggregates aside."""
+    if isinstance(node, ast.SubLink):
+        return False  # evaluated per row of the page (a nested list), no row is collapsed
+    if isinstance(node, ast.JsonObjectAgg | ast.JsonArrayAgg):
+        if node.constructor is None or node.constructor.over is None:
+            return True
+    elif isinstance(node, ast.FuncCall) and node.over is None and node.funcname \
+            and node_names(node.funcname)[-1] in AGGREGATES:
+        return True
+    if isinstance(node, tuple | list):
+        return any(_aggregates(child) for child in node)
+    if isinstance(node, ast.Node):
+        return any(_aggregates(getattr(node, name)) for name in node
+                   if isinstance(getattr(node, name), ast.Node | tuple | list))
+    return False
+
+
+def _page(stmt: ast.SelectStmt) -> ast.SelectStmt:
+    """The SELECT whose LIMIT bounds the scan: ``stmt``, or the first one inside its wrappers
+    that has a LIMIT (FraiseQL 2.x's ``_fq_page``), or the innermost."""
+    page = stmt
+    while page.limitCount is None and (inner := _wrapped(page)) is not None:
+        page = inner
+    return page
+
+
+def without_limit(tree: ast.SelectStmt) -> ast.SelectStmt:
+    """A copy of ``tree`` whose page (see :func:`parse_query_shape`'s limit) has no LIMIT/OFFSET.
+
+    For planning a pattern as if it read every matching row, which it does when its filter
+    matches fewer rows than its LIMIT lets through.
+    """
+    copy = _parse_one(str(RawStream()(tree)))
+    assert isinstance(copy, ast.SelectStmt)
+    page = _page(copy)
+    page.limitCount = None
+    page.limitOffset = None
+    page.limitOption = enums.LimitOption.LIMIT_OPTION_DEFAULT
+    return copy
+
+
+def filter_query(tree: Any) -> ast.SelectStmt | None:
+    """The query inside ``tree``'s pass-through wrappers that reads the tables (None: not a wrapper).
+
+    FraiseQL 2.x filters, sorts and limits in its innermost ``_fq_page`` subquery and only
+    reshapes outside it; planning that query alone gives the scan the whole statement would run
+    (for a server too old to parse the outer ``JSON_OBJECT(…)``, for instance).
+    """
+    if not isinstance(tree, ast.SelectStmt):
+        return None
+    inner = _wrapped(tree)
+    if inner is None:
+        return None
+    while (deeper := _wrapped(inner)) is not None:
+        inner = deeper
+    return inner
 
 
 def _dedupe(uses: Iterable[ColumnUse]) -> list[ColumnUse]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from .priority import DataCoverage
+
 __all__ = [
     "PRIORITIES",
     "SUGGESTION_TYPES",
@@ -18,27 +20,11 @@ __all__ = [
     "PatternImpact",
     "PatternRef",
     "Suggestion",
-    "priority_for",
 ]
 
 SUGGESTION_TYPES: Final = ("denormalize", "add_index", "drop_index", "materialize_view")
+# Most urgent first; how a suggestion gets one: :mod:`fraiseql_obs_analyzer.priority`.
 PRIORITIES: Final = ("critical", "high", "medium", "low")
-CRITICAL_ABOVE: Final = 50_000.0
-HIGH_FROM: Final = 10_000.0
-MEDIUM_FROM: Final = 1_000.0
-
-
-def priority_for(queries_per_day: float, estimated_speedup: float) -> str:
-    """SPEC §5: impact = queries/day × speedup; critical > 50,000; high 10,000–50,000;
-    medium 1,000–10,000; low < 1,000."""
-    impact = queries_per_day * estimated_speedup
-    if impact > CRITICAL_ABOVE:
-        return "critical"
-    if impact >= HIGH_FROM:
-        return "high"
-    if impact >= MEDIUM_FROM:
-        return "medium"
-    return "low"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +112,13 @@ class Analysis:
     suggestions: tuple[Suggestion, ...]
     applied: tuple[AppliedChange, ...] = ()
     notes: tuple[str, ...] = ()
-    coverage_days: float = 0.0
+    coverage_days: float = 0.0  # days the data spans (first to last closed window)
+    # Σ queries/day × mean database time over all patterns: what priorities are a share of.
+    workload_db_ms_per_day: float = 0.0
     validated_with: str | None = None  # masked URL of the HypoPG database
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data(self) -> DataCoverage:
+        return DataCoverage(window_secs=self.window_days * 86400.0,
+                            data_secs=self.coverage_days * 86400.0)

@@ -3,7 +3,9 @@
 JSON: one object with ``version``, ``analyzed_at``, ``database_type``, ``window{start,end,days}``,
 ``metrics{total_executions,unique_queries,avg_execution_time_ms}`` and ``suggestions[]``; every
 suggestion carries all of SPEC §5's keys (``null`` where a key does not apply, so ``jq`` paths never
-miss). ``applied_changes`` is added only when impact tracking found an index or column that
+miss). ``coverage`` (added to SPEC §5's keys) says how much data the window holds and, when it
+is short, the statement every format prints (:class:`~fraiseql_obs_analyzer.priority.DataCoverage`).
+``applied_changes`` is added only when impact tracking found an index or column that
 appeared during the window. The document is also what the scheduler stores and publishes, and
 what ``diff-analysis`` reads.
 """
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from .priority import MIN_DATA_FOR_HIGH, format_duration
 from .records import Analysis, AppliedChange, Suggestion
 from .sqlgen import comment
 
@@ -104,6 +107,18 @@ def _applied_document(change: AppliedChange) -> dict[str, Any]:
     }
 
 
+def _coverage_document(analysis: Analysis) -> dict[str, Any]:
+    data = analysis.data
+    return {
+        "data_seconds": _round(data.data_secs, 1),
+        "window_seconds": _round(data.window_secs, 1),
+        "short": data.short,
+        "min_data_seconds_for_high": MIN_DATA_FOR_HIGH,
+        "priority_cap": data.priority_cap,
+        "statement": data.statement(),
+    }
+
+
 def analysis_document(analysis: Analysis) -> dict[str, Any]:
     document: dict[str, Any] = {
         "version": REPORT_VERSION,
@@ -120,6 +135,7 @@ def analysis_document(analysis: Analysis) -> dict[str, Any]:
             "avg_execution_time_ms": _round(analysis.avg_execution_time_ms),
         },
         "suggestions": [suggestion_document(s) for s in analysis.suggestions],
+        "coverage": _coverage_document(analysis),
     }
     if analysis.applied:
         document["applied_changes"] = [_applied_document(c) for c in analysis.applied]
@@ -139,8 +155,11 @@ def render_sql(analysis: Analysis) -> str:
                 "never run by themselves."),
         comment("Statements using CONCURRENTLY or COMMIT must run outside a transaction block "
                 "(psql's default autocommit; do not use --single-transaction)."),
-        "",
     ]
+    statement = analysis.data.statement()
+    if statement:
+        lines.append(comment(statement[0].upper() + statement[1:] + "."))
+    lines.append("")
     if not analysis.suggestions:
         lines.append(comment("Nothing to do."))
     for suggestion in analysis.suggestions:
@@ -178,7 +197,12 @@ def _wrap(text: str, indent: str, width: int = 100) -> list[str]:
     return lines
 
 
-def _suggestion_text(rank: int, s: Suggestion) -> list[str]:
+def _share(part: float, whole: float) -> str:
+    share = 100.0 * part / whole
+    return f"{share:.0f} %" if share >= 10 else f"{share:.2g} %"
+
+
+def _suggestion_text(rank: int, s: Suggestion, workload_db_ms_per_day: float) -> list[str]:
     impact = s.impact
     method = s.validation.get("method", "model")
     lines = [
@@ -187,7 +211,9 @@ def _suggestion_text(rank: int, s: Suggestion) -> list[str]:
         f"   impact: {fmt_num(impact.queries_per_day)} queries/day x {fmt_num(impact.estimated_speedup)}"
         f" speedup ({method}); p95 {fmt_num(impact.current_p95_ms, ' ms')} -> "
         f"{fmt_num(impact.projected_p95_ms, ' ms')}; storage {fmt_num(impact.storage_mb, ' MB')}; "
-        f"saves ~{fmt_num(s.time_saved_ms_per_day / 3_600_000.0)} h of query time per day",
+        f"saves ~{fmt_num(s.time_saved_ms_per_day / 3_600_000.0)} h of query time per day"
+        + (f" ({_share(s.time_saved_ms_per_day, workload_db_ms_per_day)} of the workload's "
+           "database time)" if workload_db_ms_per_day > 0 and s.time_saved_ms_per_day > 0 else ""),
     ]
     if s.new_column:
         lines.append(f"   new column: {_printable(s.new_column)} {s.new_type}")
@@ -221,13 +247,17 @@ def render_text(analysis: Analysis) -> str:
     lines = [
         f"FraiseQL Observability analysis at {_iso(analysis.analyzed_at)}",
         f"window {_iso(analysis.window_start)} .. {_iso(analysis.window_end)} "
-        f"({analysis.window_days:g} days; data for {analysis.coverage_days:.3g} days)",
+        f"({format_duration(analysis.data.window_secs)}; data for "
+        f"{format_duration(analysis.data.data_secs)})",
         f"workload: {fmt_num(analysis.total_executions)} executions (weighted), "
         f"{analysis.unique_queries} patterns, mean {fmt_num(analysis.avg_execution_time_ms, ' ms')}",
         "speedups: " + (f"HypoPG on {analysis.validated_with}, corrected with observed rows"
                         if analysis.validated_with else "cost model (no --validate-with)"),
-        "",
     ]
+    statement = analysis.data.statement()
+    if statement:
+        lines.append(statement[0].upper() + statement[1:] + ".")
+    lines.append("")
     if not analysis.suggestions:
         lines.append("No suggestions: nothing in this window passes the thresholds "
                      f"({', '.join(f'{k}={v}' for k, v in analysis.settings.items())}).")
@@ -236,10 +266,11 @@ def render_text(analysis: Analysis) -> str:
                   for p in ("critical", "high", "medium", "low")}
         lines.append(f"{len(analysis.suggestions)} suggestion(s): "
                      + ", ".join(f"{n} {p}" for p, n in counts.items() if n)
-                     + " — ranked by query time saved per day")
+                     + " — ranked by query time saved per day; priority by its share of the "
+                     "workload's database time")
         for rank, suggestion in enumerate(analysis.suggestions, start=1):
             lines.append("")
-            lines += _suggestion_text(rank, suggestion)
+            lines += _suggestion_text(rank, suggestion, analysis.workload_db_ms_per_day)
     if analysis.applied:
         lines += _applied_text(analysis.applied)
     if analysis.notes:

@@ -57,14 +57,14 @@ CAST_TYPES: Final[dict[str, str]] = {
     "float8": "double precision", "float": "double precision",
     "numeric": "numeric", "decimal": "numeric",
     "bool": "boolean", "boolean": "boolean",
-    "date": "date",
+    "date": "date", "time": "time", "timetz": "timetz",  # FraiseQL 2.x casts Time fields
     "timestamp": "timestamp", "timestamptz": "timestamptz",
     "uuid": "uuid",
     "jsonb": "jsonb",
 }
 # Casts of text whose result depends on session settings (DateStyle, TimeZone): PostgreSQL
 # refuses them in an index expression ("functions in index expression must be marked IMMUTABLE").
-NON_IMMUTABLE_CASTS: Final = frozenset({"date", "timestamp", "timestamptz"})
+NON_IMMUTABLE_CASTS: Final = frozenset({"date", "time", "timetz", "timestamp", "timestamptz"})
 AGGREGATES: Final = frozenset({
     "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "array_agg",
     "string_agg", "jsonb_agg", "json_agg", "jsonb_object_agg", "stddev", "variance",

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from fraiseql_observability.config import WINDOWS
 from fraiseql_observability.errors import ConfigError, FraiseqlError, UsageError
 from fraiseql_observability.secrets import mask_secrets
 
-from .common import log, parse_time
+from .common import log, parse_time, parse_window
 
 __all__ = ["EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "build_parser", "main"]
 
@@ -53,6 +54,37 @@ Handler = Callable[[argparse.Namespace], None]
 _WORKER_EXTRA: Final = frozenset({"psycopg", "psycopg_pool", "croniter"})
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fraiseql-observability")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reads ``-1h`` (a relative time) as a value: ``replay --from -1h``.
+
+    argparse takes every ``-…`` that is not a plain negative number for an option, so
+    ``--from -1h`` failed with "expected one argument" and only ``--from=-1h`` worked. No option of
+    this CLI looks like ``-<digits><unit>``, so widening its negative-number rule is unambiguous
+    (Python 3.13's argparse does the same for anything starting with ``-<digit>``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+[smhdw]$")
+
+
+# Where a worker's settings come from (``stream --help``, ``sink --help``).
+_SETTINGS_EPILOG: Final = (
+    "Settings, each source overriding the one before: defaults; the TOML file (--config, default "
+    "./fraiseql.toml), table [observability] and its sections; the environment "
+    "(FRAISEQL_KAFKA_BOOTSTRAP_SERVERS, FRAISEQL_METRICS_DATABASE_URL, FRAISEQL_REGION, ... "
+    "SPEC §4); this command's flags. Every key and its range: fraiseql_observability/config.py; "
+    "a walk-through: README, \"Running it by hand\"."
+)
+
+
 def _handler(command: str) -> Handler:
     """``stage:function`` → the function, importing its stage's command module now."""
     module, _, function = command.partition(":")
@@ -68,40 +100,77 @@ def _handler(command: str) -> Handler:
     return handler
 
 
-def _add(sub: Any, name: str, command: str, help_text: str, description: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
+def _add(sub: Any, name: str, command: str, help_text: str, description: str,
+         epilog: str | None = None) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description,
+                                                     epilog=epilog)
     parser.set_defaults(command_ref=command)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fraiseql-cli",
         description="Query observability for GraphQL-on-PostgreSQL APIs (FraiseQL).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML configuration file (default: fraiseql.toml if present)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level, any case (default INFO); logs go to stderr, passwords "
+                             "masked. Goes before the command: fraiseql-cli --log-level debug stream")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
 
     p = _add(sub, "migrate", "metricsdb:cmd_migrate", "create or upgrade the metrics schema and roles",
              "Create or upgrade the fraiseql_metrics schema, its partitions and the collector, "
              "analyst and maintainer roles. Idempotent: running it again applies nothing new.")
     p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
 
-    _add(sub, "stream", "streams:cmd_stream", "run one stream worker (Faust)",
-         "Consume fraiseql.query-events, aggregate event-time 1-minute windows per pattern and "
-         "region, publish closed windows to fraiseql.query-rollups. Run more processes to scale.")
+    p = _add(sub, "stream", "streams:cmd_stream", "run one stream worker (a librdkafka consumer loop)",
+             "Consume fraiseql.query-events, aggregate event-time 1-minute windows per pattern and "
+             "region, publish closed windows to fraiseql.query-rollups. Run more processes (same "
+             "streams.group_id) to scale, up to one per partition; give each its own "
+             "--metrics-port on one host. Logs its Kafka address, topics and group at start and a "
+             "health line a minute; waits up to kafka.startup_timeout_secs for the broker.",
+             epilog=_SETTINGS_EPILOG)
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="port of /metrics (default: streams.metrics_port, 9101; 0: pick a free "
+                        "port and log it); bound on metrics_bind (default 127.0.0.1)")
 
-    _add(sub, "sink", "sinks:cmd_sink", "run one sink worker",
-         "Write rollups and table statistics from Kafka to the metrics database in batched, "
-         "idempotent transactions; offsets are committed only after the data is durable.")
+    p = _add(sub, "sink", "sinks:cmd_sink", "run one sink worker",
+             "Write rollups and table statistics from Kafka to the metrics database in batched, "
+             "idempotent transactions; offsets are committed only after the data is durable. "
+             "Logs its Kafka address, topics, group and (masked) database at start and a health "
+             "line a minute; waits up to kafka.startup_timeout_secs for the broker; refuses a "
+             "metrics database that is not migrated.",
+             epilog=_SETTINGS_EPILOG)
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="port of /metrics (default: sinks.metrics_port, 9102; 0: pick a free "
+                        "port and log it); bound on metrics_bind (default 127.0.0.1)")
+
+    p = _add(sub, "otlp", "otlp:cmd_otlp", "receive OpenTelemetry database spans (OTLP/HTTP)",
+             "Serve POST /v1/traces (OTLP/HTTP, protobuf or JSON): PostgreSQL client spans become "
+             "query events (normalized SQL, sampled like the recorder) on the events topic; "
+             "GET /metrics on the same port. 400 for bad payloads, 503 + Retry-After when full.")
+    p.add_argument("--listen", default="127.0.0.1:4318", metavar="HOST:PORT",
+                   help="address to serve (default 127.0.0.1:4318, the OTLP/HTTP port)")
+    p.add_argument("--buffer-size", type=int, default=100_000,
+                   help="query events held before answering 503 (default 100000)")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20,
+                   help="largest request body, also once gunzipped (default 4 MiB; more: 413)")
+    p.add_argument("--max-concurrent", type=int, default=4,
+                   help="requests decoded at once (default 4; more: 503)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections served (default 256; more are closed)")
 
     p = _add(sub, "stats", "analyzer:cmd_stats", "per-pattern, per-region latency statistics",
              "Per pattern and region over closed windows: weighted count, errors, mean, p50, p95, "
              "p99 (percentiles from merged sketches).")
     p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
-    p.add_argument("--window", default="1h", choices=list(WINDOWS), help="period to report (default 1h)")
+    p.add_argument("--window", default="1h", type=parse_window, metavar="N[smhdw]",
+                   help="period to report, e.g. 90m, 3h, 24h, 2d (default 1h)")
     p.add_argument("--end", type=parse_time, default=None, help="end of the period (default now)")
     p.add_argument("--format", default="text", choices=["text", "json"])
     p.add_argument("--all-regions", action="store_true",
@@ -136,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="--execute: serve the recorder's /metrics on this port "
                         "(default: metrics.metrics_port of the configuration)")
+    p.add_argument("--format", default="text", choices=["text", "json"],
+                   help="text: a short summary (default); json: every pattern's totals. "
+                        "Progress goes to stderr every few seconds either way")
 
     p = _add(sub, "table-stats", "producers:cmd_table_stats", "publish application-table statistics",
              "Snapshot row counts, sizes, column and JSONB-path statistics (null fraction, "
@@ -161,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
              "id: replaying twice, or over windows the live pipeline wrote, changes nothing. "
              "Shows progress with rate and ETA.")
     p.add_argument("--from", dest="start", type=parse_time, required=True, metavar="TIME",
-                   help="ISO-8601 time, 'now' or -N[s|m|h|d]")
+                   help="ISO-8601 time, 'now' or -N[s|m|h|d|w] (--from -2h or --from=-2h)")
     p.add_argument("--to", type=parse_time, default=None, metavar="TIME", help="default: now")
 
     p = _add(sub, "retention", "metricsdb:cmd_retention", "drop metrics older than retention_days",
@@ -175,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
              "day. Speedups come from HypoPG on --validate-with (corrected with observed rows) "
              "or from the cost model. Exit 1 when a database cannot be reached.")
     p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
-    p.add_argument("--window", default=None, choices=list(WINDOWS),
-                   help="period to analyze (default: analysis.window, 7d)")
+    p.add_argument("--window", default=None, type=parse_window, metavar="N[smhdw]",
+                   help="period to analyze, e.g. 12h, 2d, 7d (default: analysis.window, 7d)")
     p.add_argument("--end", type=parse_time, default=None, help="end of the period (default now)")
     p.add_argument("--format", default="text", choices=["text", "json", "sql"])
     p.add_argument("--min-frequency", type=float, default=None, metavar="N",

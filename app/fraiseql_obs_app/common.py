@@ -10,13 +10,14 @@ import argparse
 import logging
 import signal
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from fraiseql_observability.config import Settings, load_settings
+from fraiseql_observability.config import WINDOWS, Settings, load_settings
 from fraiseql_observability.errors import ConfigError
+from fraiseql_observability.timeutil import parse_duration
 
-__all__ = ["log", "parse_time", "settings_from", "stop_event", "validate_url"]
+__all__ = ["log", "parse_time", "parse_window", "settings_from", "stop_event", "validate_url"]
 
 log = logging.getLogger("fraiseql")
 
@@ -40,20 +41,31 @@ def stop_event() -> threading.Event:
 
 
 def parse_time(text: str) -> datetime:
-    """ISO-8601 (naive means UTC), or relative like ``-2h``/``-30m``/``-7d``, or ``now``."""
+    """ISO-8601 (naive means UTC), or relative like ``-2h``/``-90m``/``-7d``/``-1w``, or ``now``."""
     text = text.strip()
     if text == "now":
         return datetime.now(UTC)
-    if text.startswith("-") and text[-1:] in {"s", "m", "h", "d"} and text[1:-1].isdigit():
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[text[-1]]
-        return datetime.now(UTC) - timedelta(**{unit: int(text[1:-1])})
+    if text.startswith("-") and text[1:2].isdigit() and not text[-1:].isdigit():
+        try:
+            return datetime.now(UTC) - parse_duration(text[1:])
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected ISO-8601 time, 'now', or -N[s|m|h|d]"
+            f"{text!r}: expected ISO-8601 time, 'now', or -N[s|m|h|d|w]"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_window(text: str) -> str:
+    """An argparse type for ``--window``: any ``N[smhdw]`` (3h, 90m, 2d), kept as written."""
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; the documented ones: {', '.join(WINDOWS)}") from None
+    return text
 
 
 def validate_url(url: str | None, flag: str) -> str | None:

@@ -18,12 +18,19 @@ import operator
 import os
 import random
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from fraiseql_observability.codec import MAGIC, QUERY_EVENT, Codec, default_codec
+from fraiseql_observability.codec import (
+    HEADER_LEN,
+    MAGIC,
+    QUERY_EVENT,
+    QUERY_EVENT_BATCH,
+    Codec,
+    default_codec,
+)
 
-__all__ = ["QUERY_EVENT_FIELDS", "EventIdFactory", "QueryEventEncoder"]
+__all__ = ["BATCH_OVERHEAD", "QUERY_EVENT_FIELDS", "EventIdFactory", "QueryEventEncoder"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,8 @@ QUERY_EVENT_FIELDS: Final = (
     "execution_time_ms", "sql_generation_time_ms", "db_round_trip_time_ms", "projection_time_ms",
     "rows_returned", "cache_hit", "error", "sample_weight",
 )
+# Bytes of a QueryEventBatch message besides its events' bodies: header, item count, end of array.
+BATCH_OVERHEAD: Final = HEADER_LEN + 10 + 1
 _LONG_MIN: Final = -(1 << 63)
 _LONG_MAX: Final = (1 << 63) - 1
 _MID_CACHE_MAX: Final = 65536
@@ -111,6 +120,7 @@ class QueryEventEncoder:
     def __init__(self, codec: Codec | None = None) -> None:
         self._codec = codec or default_codec()
         self._header = MAGIC + self._codec.fingerprint_of(QUERY_EVENT)
+        self._batch_header = MAGIC + self._codec.fingerprint_of(QUERY_EVENT_BATCH)
         self._mid: dict[tuple[str, str, str, str, str], bytes] = {}
         # Varint of occurred_at: the value above its low 21 bits (~1 s of µs) rarely changes
         # between consecutive events, so its encoded bytes are cached (see _timestamp).
@@ -140,6 +150,18 @@ class QueryEventEncoder:
             return all(self._fast_mapping(p) == self._codec.encode(QUERY_EVENT, p) for p in probes)
         except Exception:
             return False
+
+    def batch(self, messages: Sequence[bytes]) -> bytes:
+        """One ``QueryEventBatch`` message of single-event messages (as :meth:`encode` returns).
+
+        Avro writes an array as a count, the items' bodies and a zero: the batch is the events'
+        bodies after one header, whatever fields ``QueryEvent`` has (tests compare with the codec).
+        Its size is ``BATCH_OVERHEAD`` at most plus the bodies (each message minus its header).
+        """
+        if not messages:
+            return self._batch_header + b"\x00"
+        return b"".join((self._batch_header, _long(len(messages)),
+                         *[m[HEADER_LEN:] for m in messages], b"\x00"))
 
     def encode(
         self,

@@ -47,7 +47,7 @@ from confluent_kafka import Producer
 from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import Settings
 from fraiseql_observability.kafka import ensure_topics, producer_config
-from fraiseql_observability.timeutil import MICROS, now_micros
+from fraiseql_observability.timeutil import MICROS, from_micros, now_micros
 
 from .encoding import EventIdFactory, QueryEventEncoder
 from .errors import LoadgenError
@@ -162,6 +162,26 @@ class LoadgenReport:
                 del totals.durations[index]
                 del totals.weights[index]
                 break
+
+    def summary_text(self, top: int = 5) -> str:
+        """A few lines for a terminal (``loadgen``'s default output; ``--format json``: summary())."""
+        span = ""
+        if self.first_us is not None and self.last_us is not None:
+            span = (f"; event times {from_micros(self.first_us):%Y-%m-%d %H:%M:%S} to "
+                    f"{from_micros(self.last_us):%H:%M:%S} UTC")
+        lines = [
+            f"loadgen: {self.delivered:,} events delivered to {self.topic} ({self.failed:,} failed) "
+            f"in {self.elapsed_secs:.1f}s, {self.events_per_sec:,.0f} events/s{span}",
+            f"  {len(self.patterns)} pattern/region pairs standing for {self.weighted_total:,.0f} "
+            "queries (sample weights)",
+        ]
+        ranked = sorted(self.patterns.values(), key=lambda t: -t.weighted_count)
+        for totals in ranked[:top]:
+            lines.append(f"  {totals.weighted_count:>14,.0f}  {totals.region:<12} "
+                         f"{totals.query_name} ({totals.fingerprint[:12]})")
+        if len(ranked) > top:
+            lines.append(f"  ... {len(ranked) - top} more (--format json lists them all)")
+        return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no per-event samples), for the CLI."""
@@ -430,6 +450,9 @@ def run_loadgen(
     }))
     started = time.monotonic()
     next_progress = started + 1.0
+    # Look at the clock every 1024 events at full speed; every event when paced (a slow --rate
+    # would otherwise report progress once every 1024 events).
+    check_mask = 1023 if rate is None or backfill is not None else 0
     for index, event in enumerate(events):
         if stop is not None and stop.is_set():
             break
@@ -442,7 +465,7 @@ def run_loadgen(
                 producer.poll(0.05)  # loadgen is not the API: back-pressure, never drop
         report.produced += 1
         report.add(event, keep_samples)
-        if index & 1023 == 0:
+        if index & check_mask == 0:
             producer.poll(0)
             now = time.monotonic()
             if progress is not None and now >= next_progress:

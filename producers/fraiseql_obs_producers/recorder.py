@@ -14,6 +14,13 @@ One :class:`Recorder` per API process, one :meth:`Recorder.record` call per quer
   ``delivery_timeout_secs`` (librdkafka ``message.timeout.ms``), then the event is counted as
   dropped (``reason="delivery_failed"``) and its slot is freed.
 
+Messages: by default one ``QueryEventBatch`` per flush and target partition (``metrics.batch_messages``),
+each below ``metrics.max_message_bytes``; the partition is Kafka's default for the fingerprint
+(:mod:`~fraiseql_obs_producers.partitioning`: murmur2, the same for every producer), from the
+topic's partition count (cached, refreshed every minute and after an error), so a pattern's events
+meet in one partition as with one keyed message per event, which is the fallback while the
+partition count is unknown and the behaviour with ``batch_messages = false``.
+
 Delivery is at-least-once from the recorder's side (idempotent producer, ``acks=all``); the stream
 worker and sink make counts exactly-once downstream.
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import itertools
 import logging
 import os
@@ -48,8 +56,10 @@ from fraiseql_observability.kafka import KafkaUnavailable, ensure_topics, produc
 from fraiseql_observability.metrics import serve_metrics
 from fraiseql_observability.timeutil import to_micros
 
-from .encoding import EventIdFactory, QueryEventEncoder
+from .encoding import BATCH_OVERHEAD, EventIdFactory, QueryEventEncoder
 from .fingerprint import fingerprint_sql
+from .normalize import PendingSQL, normalize_sql
+from .partitioning import PARTITIONER, murmur2
 from .sampling import Sampler
 
 __all__ = ["DROP_REASONS", "Recorder", "RecorderStats"]
@@ -65,6 +75,7 @@ DROP_REASONS: Final = (
     "invalid_input",    # record() itself failed on its arguments (e.g. a None duration)
     "shutdown",         # still unacknowledged when close() gave up
     "closed",           # recorded after close()
+    "not_recorded",     # a PendingSQL the normalizer skips (transaction control, SET, SHOW)
 )
 
 # While messages are in flight the background thread polls librdkafka at least this often, so
@@ -78,6 +89,11 @@ _TOPIC_RETRY_SECS: Final = 30.0
 # rejects such events with a reason; they are still sent so the rejection is visible).
 _MAX_DURATION_MS: Final = 86_400_000.0
 _SHAPE_CACHE_MAX: Final = 65536
+# The events topic's partition count: refreshed this often, sooner after a produce error, and
+# looked up again no sooner than _PARTITIONS_RETRY_SECS after a failed lookup (broker down).
+_PARTITIONS_REFRESH_SECS: Final = 60.0
+_PARTITIONS_RETRY_SECS: Final = 5.0
+_PARTITIONS_TIMEOUT_SECS: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +211,9 @@ class Recorder:
         metrics = settings.metrics
         self._settings = settings
         self._enabled = settings.enabled
+        if not self._enabled:  # once per recorder: record() then keeps nothing, silently
+            log.warning("recording is off (observability.enabled = false; set enabled = true or "
+                        "FRAISEQL_OBSERVABILITY_ENABLED=true): record() keeps no query")
         self._sampler = Sampler.from_settings(settings, random_source)
         # The sampling rule inlined into record(): attribute reads, no method call.
         self._slow_ms = self._sampler.slow_query_ms
@@ -204,6 +223,8 @@ class Recorder:
         self._random = self._sampler.random
         self._capacity = metrics.buffer_size
         self._batch_size = metrics.batch_size
+        self._batch_messages = metrics.batch_messages
+        self._max_message_bytes = metrics.max_message_bytes
         self._flush_interval = metrics.flush_interval_secs
         self._region = settings.kafka.region
         self._topic = settings.kafka.events_topic
@@ -228,7 +249,13 @@ class Recorder:
         self._produced = 0
         self._failed_seen = 0
         self._acked_seen = 0
-        self._shapes: dict[tuple[str, str, str | None], tuple[str, bytes]] = {}
+        # (SQL, query, instance) -> (fingerprint, encoded strings, murmur2 of the fingerprint).
+        # None: a PendingSQL text the normalizer says not to record (transaction control, SET).
+        self._shapes: dict[tuple[str, str, str | None], tuple[str, bytes, int, str] | None] = {}
+        self._batch_key = self._instance.encode()  # the key of batch messages: who sent them
+        self._partitions: int | None = None  # of the events topic, once known
+        self._partitions_checked = -_PARTITIONS_REFRESH_SECS
+        self._finished = 0  # batch mode: events acknowledged or failed (from delivery callbacks)
         self._topic_ready = False
         self._topic_attempt = -_TOPIC_RETRY_SECS
         self._last_error_log = 0.0
@@ -331,9 +358,12 @@ class Recorder:
             "message.timeout.ms": max(1, int(self._delivery_timeout * 1000)),
             # The held-events bound keeps librdkafka's queue under buffer_size; allow a margin.
             "queue.buffering.max.messages": self._capacity + self._batch_size + 1000,
-            # Successes are counted from the queue length (see _poll): one Python callback per
-            # failure only, instead of one per message.
-            "delivery.report.only.error": True,
+            # Keyed single messages land where partition_of() puts batches (Kafka's default).
+            "partitioner": PARTITIONER,
+            # Single messages: successes are counted from the queue length (see _poll), one
+            # Python callback per failure only. Batch messages carry many events each: one
+            # callback per message says how many finished.
+            "delivery.report.only.error": not self._batch_messages,
             "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
             "logger": logging.getLogger(__name__ + ".librdkafka"),
@@ -488,15 +518,23 @@ class Recorder:
         topic, region, default_instance = self._topic, self._region, self._instance
         shapes = self._shapes
         dropped: dict[str, int] = {}
+        partitions = self._partition_count() if self._batch_messages else None
+        # Batch mode: per target partition, the encoded events and their fingerprints.
+        groups: dict[int, tuple[list[bytes], list[str]]] = {}
+        grouped = 0
         produced = 0  # added to self._produced before anything reads it (_poll, end of batch)
         for occurred_at, now_ns, instance, query_name, sql, execution_ms, generation_ms, \
                 round_trip_ms, projection_ms, rows, cache_hit, error, weight in batch:
             try:
                 # One dict lookup per event for the fingerprint and the encoded string fields.
-                shape = shapes.get((sql, query_name, instance))
-                if shape is None:
+                try:
+                    shape = shapes[(sql, query_name, instance)]
+                except KeyError:
                     shape = self._shape(sql, query_name, instance)
-                fingerprint, strings = shape
+                if shape is None:
+                    dropped["not_recorded"] = dropped.get("not_recorded", 0) + 1
+                    continue
+                fingerprint, strings, hashed, text = shape
                 if occurred_at is None:
                     # timeutil.now_micros() split in two and inlined: the clock is read in
                     # record() (time.time_ns, no extra call there), the division done here.
@@ -513,12 +551,22 @@ class Recorder:
                 else:  # the schema changed under the fast encoder: generic path, same bytes
                     value = encoder.encode(new_id(), occurred_us, region,
                                            instance or default_instance, query_name or "anonymous",
-                                           sql, fingerprint, execution_ms, generation_ms,
+                                           text, fingerprint, execution_ms, generation_ms,
                                            round_trip_ms, projection_ms, rows, cache_hit, error,
                                            weight)
             except Exception as exc:
                 dropped["encode_error"] = dropped.get("encode_error", 0) + 1
                 self._log_error("cannot encode a query event: %s", exc)
+                continue
+            if partitions is not None:
+                group = groups.get(part := (hashed & 0x7FFFFFFF) % partitions)
+                if group is None:
+                    group = groups[part] = ([], [])
+                group[0].append(value)
+                group[1].append(fingerprint)
+                grouped += 1
+                if grouped & _POLL_EVERY_MASK == 0:
+                    self._poll(0)  # as below: free slots and release the GIL now and then
                 continue
             try:
                 produce(topic, value, fingerprint)
@@ -536,6 +584,8 @@ class Recorder:
                 produced = 0
                 self._poll(0)
         self._produced += produced
+        for part, (values, fingerprints) in sorted(groups.items()):
+            self._send_batches(part, values, fingerprints, dropped)
         if dropped:
             with self._lock:
                 if self._abandoned:
@@ -544,15 +594,96 @@ class Recorder:
                     self._counts.dropped[reason] += count
                     self._counts.held -= count
 
-    def _shape(self, sql: str, query_name: str, instance: str | None) -> tuple[str, bytes]:
-        """Fingerprint and encoded string fields of a new (SQL, query, instance); cached."""
-        fingerprint = fingerprint_sql(sql)
-        strings = self._encoder.strings(self._region, instance or self._instance,
-                                        query_name or "anonymous", sql, fingerprint)
+    def _shape(self, sql: str, query_name: str,
+               instance: str | None) -> tuple[str, bytes, int, str] | None:
+        """Fingerprint, encoded string fields, partition hash and recorded text of a new (SQL,
+        query, instance); cached. A :class:`~.normalize.PendingSQL` is normalized here, on the
+        background thread and only for kept events, instead of on the API's request path: a
+        FraiseQL 0.5.x statement with a new filter value costs the normalizer 0.2-1.4 ms.
+        None: not to be recorded (transaction control, ``SET``)."""
+        text: str | None = normalize_sql(sql) if type(sql) is PendingSQL else sql
         if len(self._shapes) >= _SHAPE_CACHE_MAX:
             self._shapes.clear()  # unbounded distinct SQL texts must not grow memory forever
-        self._shapes[(sql, query_name, instance)] = (fingerprint, strings)
-        return fingerprint, strings
+        if text is None:
+            self._shapes[(sql, query_name, instance)] = None
+            return None
+        text = str(text)  # a plain str from here on (the encoder and the cache)
+        fingerprint = fingerprint_sql(text)
+        strings = self._encoder.strings(self._region, instance or self._instance,
+                                        query_name or "anonymous", text, fingerprint)
+        shape = (fingerprint, strings, murmur2(fingerprint.encode()), text)
+        self._shapes[(sql, query_name, instance)] = shape
+        return shape
+
+    def _partition_count(self) -> int | None:
+        """The events topic's partition count (cached); None while unknown: send single messages."""
+        now = time.monotonic()
+        wait = _PARTITIONS_REFRESH_SECS if self._partitions is not None else _PARTITIONS_RETRY_SECS
+        if not self._topic_ready or now - self._partitions_checked < wait:
+            return self._partitions
+        self._partitions_checked = now
+        try:
+            # The topic exists (_ensure_topic): asking for it alone cannot auto-create it.
+            found = self._producer.list_topics(self._topic, timeout=_PARTITIONS_TIMEOUT_SECS)
+            meta = found.topics.get(self._topic)
+            count = len(meta.partitions) if meta is not None and meta.error is None else 0
+        except KafkaException as exc:
+            self._log_error("cannot read the partitions of %s (%s): single messages meanwhile",
+                            self._topic, exc)
+            return self._partitions  # a stale count still meets the producers' partitions
+        self._partitions = count or None
+        return self._partitions
+
+    def _send_batches(self, partition: int, values: list[bytes], fingerprints: list[str],
+                      dropped: dict[str, int]) -> None:
+        """Produce one partition's events as batch messages of at most max_message_bytes."""
+        limit = self._max_message_bytes
+        start, size = 0, BATCH_OVERHEAD
+        for i, value in enumerate(values):
+            body = len(value) - 10  # its single-object header is not repeated in a batch
+            if size + body > limit and i > start:
+                self._send_batch(partition, values[start:i], fingerprints[start:i], dropped)
+                start, size = i, BATCH_OVERHEAD
+            size += body
+        self._send_batch(partition, values[start:], fingerprints[start:], dropped)
+
+    def _send_batch(self, partition: int, values: list[bytes], fingerprints: list[str],
+                    dropped: dict[str, int]) -> None:
+        count = len(values)
+        message = self._encoder.batch(values)
+        callback = functools.partial(self._on_batch_delivery, count)
+        give_up = time.monotonic() + self._queue_full_retry
+        while True:
+            try:
+                self._producer.produce(self._topic, message, self._batch_key, partition=partition,
+                                       on_delivery=callback)
+                self._produced += count
+                return
+            except BufferError:
+                if time.monotonic() >= give_up:
+                    dropped["queue_full"] = dropped.get("queue_full", 0) + count
+                    return
+                self._poll(0.05)
+            except KafkaException as exc:
+                # Most likely fewer partitions than cached (a topic re-created): look again next
+                # flush, and send these events as keyed single messages now.
+                self._log_error("cannot produce a batch to %s[%d] (%s): sent one by one",
+                                self._topic, partition, exc)
+                self._partitions_checked = -_PARTITIONS_REFRESH_SECS
+                for value, fingerprint in zip(values, fingerprints, strict=True):
+                    self._produce_single(value, fingerprint, dropped)
+                return
+
+    def _produce_single(self, value: bytes, fingerprint: str, dropped: dict[str, int]) -> None:
+        try:
+            self._producer.produce(self._topic, value, fingerprint)
+            self._produced += 1
+        except BufferError:
+            if not self._produce_retrying(self._producer.produce, self._topic, value, fingerprint):
+                dropped["queue_full"] = dropped.get("queue_full", 0) + 1
+        except KafkaException as exc:
+            self._log_error("cannot produce a query event: %s", exc)
+            dropped["delivery_failed"] = dropped.get("delivery_failed", 0) + 1
 
     def _produce_retrying(self, produce: Any, topic: str, value: bytes, key: str) -> bool:
         """librdkafka's queue is full: serve acknowledgements for a bounded time, then give up."""
@@ -576,7 +707,8 @@ class Recorder:
         """
         producer = self._producer
         producer.poll(timeout)
-        finished = self._produced - len(producer)
+        # Batch mode: every message has a delivery report, counting its events.
+        finished = self._finished if self._batch_messages else self._produced - len(producer)
         delta = finished - self._acked_seen
         if delta <= 0:
             return
@@ -591,9 +723,18 @@ class Recorder:
             counts.held -= delta
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
+        if self._batch_messages:
+            self._finished += 1  # a single message (partitions unknown), success reported too
         if err is not None:
             self._failed_seen += 1
             self._log_error("query event not delivered: %s", err)
+
+    def _on_batch_delivery(self, count: int, err: Any, msg: Any) -> None:
+        self._finished += count
+        if err is not None:
+            self._failed_seen += count
+            self._partitions_checked = -_PARTITIONS_REFRESH_SECS  # maybe the partitions changed
+            self._log_error("%d query events (one batch message) not delivered: %s", count, err)
 
     def _on_error(self, err: Any) -> None:
         if isinstance(err, KafkaError) and err.code() == KafkaError._ALL_BROKERS_DOWN:

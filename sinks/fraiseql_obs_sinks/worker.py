@@ -30,6 +30,12 @@ instead of dropping every in-flight batch of the group.
 This module is the loop and its timing; the books it keeps live beside it: the pending batch per
 partition (:mod:`~fraiseql_obs_sinks.batching`), dead letters and their delivery tracking
 (:mod:`~fraiseql_obs_sinks.deadletters`) and the consumer-lag gauge (:mod:`~fraiseql_obs_sinks.lag`).
+
+Start-up (:func:`run_sink`): one line naming the Kafka address, topics, group and the masked
+database; a metrics database that is not migrated stops the sink at once (``NotMigrated``), one
+that is unreachable is only warned about (the writes wait for it, as during any outage); an
+unreachable broker is logged every few seconds and stops the sink after
+``kafka.startup_timeout_secs``. Then a health line a minute (:class:`SinkTally`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, Final
@@ -51,23 +58,25 @@ from confluent_kafka.admin import AdminClient
 
 from fraiseql_observability.codec import QUERY_ROLLUP, TABLE_STATS, Codec, default_codec
 from fraiseql_observability.config import Settings
+from fraiseql_observability.db import DatabaseUnreachable, require_migrated
 from fraiseql_observability.errors import DecodeError
 from fraiseql_observability.kafka import (
-    KafkaUnavailable,
     admin_client,
     ensure_topics,
     producer_config,
+    wait_for_kafka,
 )
+from fraiseql_observability.secrets import mask_url
 
 from .batching import Batch, TopicPartitionKey
 from .deadletters import DEAD_LETTER_FLUSH_SECS, DeadLetter, DeadLetterProducer, Source
 from .errors import InvalidRecord, RecordRejected, SinkError, WriteFailed
 from .lag import ConsumerLag
-from .metrics import BATCHES, RETRIES
+from .metrics import BATCHES, CONSUMER_LAG, RETRIES
 from .records import RecordLimits, RollupRow, TableStatsRow
-from .writer import RollupWriter
+from .writer import RollupWriter, WriteResult
 
-__all__ = ["SinkWorker", "consumer_config", "run_sink"]
+__all__ = ["SinkTally", "SinkWorker", "consumer_config", "run_sink", "startup_line"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,7 @@ LAG_INTERVAL_SECS: Final = 10.0
 PARTITION_UPKEEP_SECS: Final = 3600.0
 UPKEEP_DAYS_AHEAD: Final = 7
 _POLL_SLICE_SECS: Final = 0.2
+HEALTH_INTERVAL_SECS: Final = 60.0
 
 
 def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -98,6 +108,42 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     }
     config.update(extra)
     return config
+
+
+def startup_line(settings: Settings) -> str:
+    kafka, sinks = settings.kafka, settings.sinks
+    return (f"sink worker: Kafka {kafka.bootstrap_servers}, consuming {kafka.rollups_topic} and "
+            f"{kafka.table_stats_topic} (group {sinks.group_id}), dead letters "
+            f"{kafka.dead_letters_topic}, database {mask_url(settings.database_url)}; a health "
+            f"line every {HEALTH_INTERVAL_SECS:.0f}s")
+
+
+@dataclass(slots=True)
+class SinkTally:
+    """What the sink did since its last health line (logged once a minute)."""
+
+    rollups: int = 0
+    table_stats: int = 0
+    expired: int = 0
+    batches: int = 0
+    retries: int = 0
+    dead: dict[str, int] = field(default_factory=dict)
+
+    def wrote(self, result: WriteResult | None) -> None:
+        if isinstance(result, WriteResult):  # a writer stand-in may return nothing
+            self.rollups += result.rollups
+            self.table_stats += result.table_stats
+            self.expired += result.expired
+
+    def dead_letter(self, reason: str) -> None:
+        self.dead[reason] = self.dead.get(reason, 0) + 1
+
+    def line(self, lag: int | None) -> str:
+        dead = ", ".join(f"{reason} {n}" for reason, n in sorted(self.dead.items())) or "none"
+        return (f"health: rollups written {self.rollups} (expired {self.expired}), table stats "
+                f"{self.table_stats}, batches {self.batches}, retries {self.retries}, "
+                f"dead-lettered {sum(self.dead.values())} ({dead}), lag "
+                f"{'unknown' if lag is None else lag}")
 
 
 # --- the worker -----------------------------------------------------------------------------------
@@ -135,6 +181,8 @@ class SinkWorker:
         self._assigned: set[TopicPartitionKey] = set()
         self._next_lag_at = 0.0
         self._next_upkeep_at = 0.0
+        self.tally = SinkTally()
+        self._next_health_at = clock() + HEALTH_INTERVAL_SECS
 
     # --- rebalance callbacks (run inside consume()) ---------------------------------------------
 
@@ -215,6 +263,7 @@ class SinkWorker:
         except (DecodeError, InvalidRecord) as exc:
             letter = DeadLetter(source, exc.reason, exc.detail)
             self._dead_letters.produce(letter)
+            self.tally.dead_letter(exc.reason)
             self._buffer.add_dead_letter(letter, now)
 
     # --- writing --------------------------------------------------------------------------------
@@ -246,6 +295,7 @@ class SinkWorker:
                     return True
                 except WriteFailed as exc:
                     RETRIES.inc()
+                    self.tally.retries += 1
                     if final or self._stop.is_set():
                         log.warning("dropping the uncommitted batch (%d message(s), re-delivered "
                                     "on restart): %s", batch.messages, exc)
@@ -286,8 +336,9 @@ class SinkWorker:
         if not rollups and not stats:
             return
         try:
-            self._writer.write([r for _, r in rollups], [s for _, s in stats])
+            self.tally.wrote(self._writer.write([r for _, r in rollups], [s for _, s in stats]))
             BATCHES.inc()
+            self.tally.batches += 1
             self._after_write()
             return
         except RecordRejected as exc:
@@ -302,6 +353,7 @@ class SinkWorker:
             self._write_one(batch, source, table_stats=[table_stats])
         self._dead_letters.deliver(batch.dead_letters())
         BATCHES.inc()
+        self.tally.batches += 1
         self._after_write()
 
     def _write_one(
@@ -313,11 +365,12 @@ class SinkWorker:
         table_stats: Iterable[TableStatsRow] = (),
     ) -> None:
         try:
-            self._writer.write(rollups, table_stats)
+            self.tally.wrote(self._writer.write(rollups, table_stats))
         except RecordRejected as exc:
             letter = DeadLetter(source, "rejected", f"refused by PostgreSQL: {exc.detail}")
             batch.reject(source, letter)
             self._dead_letters.produce(letter)
+            self.tally.dead_letter("rejected")
 
     def _commit(self, batch: Batch) -> None:
         offsets = [
@@ -353,6 +406,10 @@ class SinkWorker:
 
     def _housekeeping(self) -> None:
         now = self._clock()
+        if now >= self._next_health_at:
+            self._next_health_at = now + HEALTH_INTERVAL_SECS
+            log.info("%s", self.tally.line(self.lag()))
+            self.tally = SinkTally()
         if now < self._next_lag_at:
             return
         self._next_lag_at = now + LAG_INTERVAL_SECS
@@ -362,25 +419,38 @@ class SinkWorker:
             log.debug("consumer lag not updated: %s", exc)
 
 
+    def lag(self) -> int | None:
+        """Total lag of the assigned partitions as last measured (None: not measured yet)."""
+        total: int | None = None
+        for metric in CONSUMER_LAG.collect():  # the gauge is shared by the sinks of a process
+            for sample in metric.samples:
+                key = (sample.labels.get("topic", ""), int(sample.labels.get("partition", -1)))
+                if key in self._assigned:
+                    total = (total or 0) + int(sample.value)
+        return total
+
+
 def _names(keys: set[TopicPartitionKey]) -> str:
     return ", ".join(f"{t}[{p}]" for t, p in sorted(keys)) or "nothing"
 
 
-def _ensure_topics_patiently(settings: Settings, stop: threading.Event) -> bool:
-    """Create missing topics, waiting for the broker as long as it takes (or until stopped)."""
+def _check_database(settings: Settings) -> None:
+    """Refuse an unmigrated metrics database at once; only warn about an unreachable one."""
+    try:
+        require_migrated(settings.database_url, application_name="fraiseql-sink",
+                         connect_timeout=settings.database.timeout_secs)
+    except DatabaseUnreachable as exc:
+        log.warning("%s; writes wait for it (retried with back-off)", exc)
+
+
+def _ensure_topics_at_start(settings: Settings, stop: threading.Event) -> bool:
+    """Wait for the broker at most ``kafka.startup_timeout_secs`` (saying why every few seconds),
+    then create missing topics; False when stopped meanwhile."""
     kafka = settings.kafka
-    delay = INITIAL_BACKOFF_SECS
-    while not stop.is_set():
-        try:
-            ensure_topics(
-                kafka, [kafka.rollups_topic, kafka.table_stats_topic, kafka.dead_letters_topic]
-            )
-            return True
-        except (KafkaUnavailable, KafkaException) as exc:
-            log.warning("Kafka not ready, retrying in %.1fs: %s", delay, exc)
-            stop.wait(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECS)
-    return False
+    if not wait_for_kafka(kafka, budget_secs=kafka.startup_timeout_secs, stop=stop):
+        return False
+    ensure_topics(kafka, [kafka.rollups_topic, kafka.table_stats_topic, kafka.dead_letters_topic])
+    return True
 
 
 def _no_op() -> None:
@@ -415,7 +485,9 @@ def run_sink(settings: Settings, *, stop: threading.Event | None = None) -> None
         stop = threading.Event()
         restore = _install_signal_handlers(stop)
     try:
-        if not _ensure_topics_patiently(settings, stop):
+        log.info("%s", startup_line(settings))
+        _check_database(settings)
+        if not _ensure_topics_at_start(settings, stop):
             return
         limits = RecordLimits(
             # Accept whatever the stream stage accepted (plus a day of window slack).

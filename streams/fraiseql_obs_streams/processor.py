@@ -40,6 +40,17 @@ from .windowing import Checkpoint, Outcome, PartitionWindows
 
 __all__ = ["BatchResult", "StreamProcessor"]
 
+
+def _batch_detail(found: list[tuple[int, str]], n: int) -> str:
+    """``event index 7 of 21: <why>``, or for several ``event indexes 3, 8 of 21 (2 events):
+    <why of the first>`` (the dead-letter builder caps the length; the count stays in front)."""
+    index, why = found[0]
+    if len(found) == 1:
+        return f"event index {index} of {n}: {why}"
+    indexes = ", ".join(str(i) for i, _ in found[:200])
+    more = ", ..." if len(found) > 200 else ""
+    return f"event indexes {indexes}{more} of {n} ({len(found)} events): {why}"
+
 log = logging.getLogger(__name__)
 
 EVENTS_IN = Counter("fraiseql_stream_events_total", "Query events consumed by the stream worker")
@@ -68,7 +79,8 @@ _FLUSH_SLICE_SECS: Final = 1.0
 class BatchResult:
     """What one call of :meth:`StreamProcessor.process` did with its messages."""
 
-    consumed: int = 0
+    consumed: int = 0  # messages (a QueryEventBatch is one)
+    events: int = 0  # events in them (an undecodable message counts as one)
     counted: int = 0  # into a window or a correction (re-read offsets not included)
     corrected: int = 0  # of those, late: into a correction
     dead_letters: int = 0
@@ -183,10 +195,10 @@ class StreamProcessor:
         """
         result = BatchResult()
         now_us = self.now_us()
-        decode = self._decoder.decode
+        decode = self._decoder.decode_message
         reject = self._reject
         corrected = Outcome.CORRECTED
-        consumed = counted = late = 0
+        consumed = in_batches = counted = late = 0
         current: TopicPartitionKey | None = None
         windows: PartitionWindows | None = None
         for msg in messages:
@@ -216,6 +228,13 @@ class StreamProcessor:
                 if not windows.is_replay(offset):
                     self._dead_letter(msg, exc.reason, exc.detail, result)
                 continue
+            if isinstance(event, list):  # a QueryEventBatch
+                n = len(event)
+                in_batches += n - 1  # the message is counted once below
+                batch_counted, batch_late = self._process_batch(msg, event, windows, arrival, result)
+                counted += batch_counted
+                late += batch_late
+                continue
             rejection = reject(event, arrival)
             if rejection is not None:
                 windows.skip(offset, arrival)
@@ -230,16 +249,59 @@ class StreamProcessor:
             if outcome is corrected:
                 late += 1
                 LATENESS.observe(windows.lateness(event["occurred_at"]) / MICROS)
-        result.consumed, result.counted, result.corrected = consumed, counted, late
+        events = consumed + in_batches
+        result.consumed, result.events, result.counted, result.corrected = (
+            consumed, events, counted, late)
         if consumed:
-            EVENTS_IN.inc(consumed)
+            EVENTS_IN.inc(events)
             EVENTS_COUNTED.inc(counted)
             LATE.inc(late)
             tally = self.tally
-            tally.events += consumed
+            tally.events += events
             tally.counted += counted
             tally.corrected += late
         return result
+
+    def _process_batch(self, msg: Message, events: list[dict[str, Any]], windows: PartitionWindows,
+                       arrival: int | None, result: BatchResult) -> tuple[int, int]:
+        """Fold the events of one ``QueryEventBatch`` message: they share its offset and arrival.
+        Returns (counted, late). Events that must not count are dead-lettered with the whole
+        message's bytes and their index in the detail (``event index i of n``); the others count.
+        Several rejected for one reason share one dead letter (all their indexes in the detail):
+        a batch of a host whose clock is an hour fast must not copy a 900 KB message per event."""
+        offset = msg.offset()
+        n = len(events)
+        if n == 0:
+            windows.skip(offset, arrival)
+            return 0, 0
+        replay = windows.is_replay(offset)
+        reject = self._reject
+        add = windows.add
+        corrected = Outcome.CORRECTED
+        counted = late = 0
+        rejected: dict[str, list[tuple[int, str]]] | None = None  # reason -> (index, detail)
+        for index, event in enumerate(events):
+            rejection = reject(event, arrival)
+            if rejection is not None:
+                windows.skip(offset, arrival, False)
+                if rejected is None:
+                    rejected = {}
+                rejected.setdefault(rejection[0], []).append((index, rejection[1]))
+                continue
+            outcome = add(offset, event, event["occurred_at"] if arrival is None else arrival, False)
+            if replay:
+                continue  # counted before the checkpoint; re-read only to rebuild open windows
+            counted += 1
+            if outcome is corrected:
+                late += 1
+                LATENESS.observe(windows.lateness(event["occurred_at"]) / MICROS)
+        # After the last event only: at the checkpoint's position the clock it saved (maybe with an
+        # idle advance) applies to the messages after this one, not to the rest of this one.
+        windows.settle()
+        if rejected is not None and not replay:
+            for reason, found in rejected.items():
+                self._dead_letter(msg, reason, _batch_detail(found, n), result, events=len(found))
+        return counted, late
 
     def _check_timestamp_type(self, key: TopicPartitionKey, msg: Message) -> None:
         """Say once per partition when its timestamps are the producers' clocks, not the broker's."""
@@ -367,9 +429,11 @@ class StreamProcessor:
 
     # --- producing ------------------------------------------------------------------------------
 
-    def _dead_letter(self, msg: Message, reason: str, detail: str, result: BatchResult) -> None:
-        result.dead_letters += 1
-        self.tally.dead[reason] = self.tally.dead.get(reason, 0) + 1
+    def _dead_letter(self, msg: Message, reason: str, detail: str, result: BatchResult, *,
+                     events: int = 1) -> None:
+        """One dead letter of ``msg`` standing for ``events`` events (several of one batch)."""
+        result.dead_letters += events
+        self.tally.dead[reason] = self.tally.dead.get(reason, 0) + events
         if not self.dead_letters:
             return
         record = dead_letter_record(

@@ -22,6 +22,9 @@ as one more rollup of the same window, with its own deterministic id. Readers su
 rollups and merge their sketches, so counts and percentiles include it. A fully shuffled hour
 therefore costs about one correction per (pattern, region, window) per slot, not one per event.
 
+Offsets address messages; a ``QueryEventBatch`` message's events share its offset and arrival, are
+added in their order in the message, and a message is always handled whole between checkpoints.
+
 Exactly-once after a restart: the checkpoint holds the first offset of the oldest open aggregate,
 ``max_time`` just before it, the position and the final ``max_time``. Replaying from there with
 the clock restored re-makes every decision exactly; aggregates that become closable before the
@@ -225,8 +228,13 @@ class PartitionWindows:
     def window_start(self, occurred_at: int) -> int:
         return occurred_at - occurred_at % self.window_us
 
-    def add(self, offset: int, event: dict[str, Any], arrival: int) -> Outcome:
-        """Fold one valid event in; ``arrival`` is its message's timestamp (µs since the epoch)."""
+    def add(self, offset: int, event: dict[str, Any], arrival: int, settle: bool = True) -> Outcome:
+        """Fold one valid event in; ``arrival`` is its message's timestamp (µs since the epoch).
+
+        The events of one ``QueryEventBatch`` message share its offset and arrival: the caller adds
+        them with ``settle=False`` and calls :meth:`settle` after the last one, so the checkpoint's
+        clock is restored only once the whole message is re-read, as it was taken.
+        """
         self.position = offset + 1
         before = max_time = self.max_time
         if max_time is None or arrival > max_time:
@@ -252,9 +260,14 @@ class PartitionWindows:
                 window = by_late[late_key] = self._aggregate(event, start, offset, before, slot)
             outcome = Outcome.CORRECTED
         window.add(offset, event)
-        if self.position == self.replay_until:
+        if settle and self.position == self.replay_until:
             self._restore_final_clock()
         return outcome
+
+    def settle(self) -> None:
+        """The message at ``position - 1`` is complete (see :meth:`add`)."""
+        if self.position == self.replay_until:
+            self._restore_final_clock()
 
     def lateness(self, occurred_at: int) -> int:
         """µs between the close of ``occurred_at``'s window and the watermark (0 when open)."""
@@ -295,13 +308,14 @@ class PartitionWindows:
         self.max_time = arrival
         return True
 
-    def skip(self, offset: int, arrival: int | None = None) -> None:
-        """Note an offset that contributes nothing (invalid event, dead-lettered); its message's
-        timestamp still moves the clock: the broker appended it then, whatever it holds."""
+    def skip(self, offset: int, arrival: int | None = None, settle: bool = True) -> None:
+        """Note an offset (or an event of a batch: ``settle`` as in :meth:`add`) that contributes
+        nothing (invalid, dead-lettered); its message's timestamp still moves the clock: the
+        broker appended it then, whatever it holds."""
         self.position = offset + 1
         if arrival is not None and (self.max_time is None or arrival > self.max_time):
             self.max_time = arrival
-        if self.position == self.replay_until:
+        if settle and self.position == self.replay_until:
             self._restore_final_clock()
 
     def _ready_starts(self) -> tuple[list[int], list[int]]:

@@ -20,12 +20,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraiseql_observability.codec import default_codec
 from fraiseql_observability.config import Settings
-from fraiseql_observability.kafka import ensure_topics, producer_config
-from fraiseql_observability.metrics import serve_metrics
+from fraiseql_observability.kafka import ensure_topics, producer_config, wait_for_kafka
+from fraiseql_observability.metrics import serve_worker_metrics
 
 from .processor import StreamProcessor, Tally
 
-__all__ = ["consumer_config", "run_stream_loop", "run_stream_worker", "stream_producer"]
+__all__ = ["consumer_config", "run_stream_loop", "run_stream_worker", "startup_line", "stream_producer"]
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,22 @@ def run_stream_loop(settings: Settings, stop: threading.Event,
         log.info("stream worker stopped")
 
 
+def startup_line(settings: Settings, metrics_port: int) -> str:
+    """What an operator checks first: where it reads, where it writes, under which group."""
+    kafka, streams = settings.kafka, settings.streams
+    return (f"stream worker: Kafka {kafka.bootstrap_servers}, events {kafka.events_topic} -> "
+            f"rollups {kafka.rollups_topic}, dead letters {kafka.dead_letters_topic}, group "
+            f"{streams.group_id}, {streams.window_secs}s windows closing {streams.grace_secs:g}s "
+            f"after their end, /metrics port {metrics_port}; a health line every "
+            f"{_HEALTH_EVERY_SECS:.0f}s")
+
+
 def run_stream_worker(settings: Settings, stop: threading.Event) -> None:
-    """Entry point of ``fraiseql-cli stream``: serve /metrics, run the loop until ``stop``."""
-    serve_metrics(settings.streams.metrics_port, settings.metrics_bind)
+    """Entry point of ``fraiseql-cli stream``: serve /metrics, wait for Kafka (at most
+    ``kafka.startup_timeout_secs``), run the loop until ``stop``."""
+    port = serve_worker_metrics(settings.streams.metrics_port, settings.metrics_bind,
+                                setting="--metrics-port or [observability.streams] metrics_port")
+    log.info("%s", startup_line(settings, port))
+    if not wait_for_kafka(settings.kafka, budget_secs=settings.kafka.startup_timeout_secs, stop=stop):
+        return
     run_stream_loop(settings, stop)

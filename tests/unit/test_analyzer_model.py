@@ -15,7 +15,6 @@ from fraiseql_obs_analyzer.diff import diff_documents, load_document, render_dif
 from fraiseql_obs_analyzer.evidence import Sketch, merged_quantile
 from fraiseql_obs_analyzer.hypo import corrected_costs, explainable, summarize
 from fraiseql_obs_analyzer.parse import parse_query_shape
-from fraiseql_obs_analyzer.records import priority_for
 from fraiseql_obs_analyzer.shape import KeyExpr
 from fraiseql_observability.errors import ConfigError
 from fraiseql_observability.sketch import QuantileSketch
@@ -119,13 +118,7 @@ def test_projection_is_monotonic_and_bounded(mean: float, db_share: float, ratio
     assert better_p95 <= after_p95 + 1e-9
 
 
-def test_priorities_follow_the_spec_bands() -> None:
-    assert priority_for(1000, 50.0001) == "critical"
-    assert priority_for(1000, 50) == "high"  # 50,000 is high: critical is "> 50,000"
-    assert priority_for(1000, 10) == "high"
-    assert priority_for(1000, 9.999) == "medium"
-    assert priority_for(100, 10) == "medium"
-    assert priority_for(100, 9.99) == "low"
+# Priorities (time saved as a share of the workload's database time): test_analyzer_priority.py.
 
 
 BEFORE = {"Node Type": "Limit", "Startup Cost": 0.0, "Total Cost": 1599.6, "Plan Rows": 200,

@@ -16,6 +16,7 @@ from fraiseql_observability.codec import (
     DEAD_LETTER,
     MAGIC,
     QUERY_EVENT,
+    QUERY_EVENT_BATCH,
     QUERY_ROLLUP,
     SCHEMA_DIR,
     TABLE_STATS,
@@ -478,4 +479,36 @@ def test_two_current_schemas_of_one_record_are_rejected(tmp_path: Path) -> None:
     _write(tmp_path / "query_event.avsc", current)
     _write(tmp_path / "query_event_copy.avsc", dict(current, doc="another"))
     with pytest.raises(ValueError, match="two current schemas"):
+        Codec(tmp_path)
+
+
+# --- QueryEventBatch: a file that names the QueryEvent record of another file -----------------
+
+def test_batch_fingerprint_is_that_of_the_schema_with_query_event_inlined() -> None:
+    batch = json.loads((SCHEMA_DIR / "query_event_batch.avsc").read_text(encoding="utf-8"))
+    event = json.loads((SCHEMA_DIR / "query_event.avsc").read_text(encoding="utf-8"))
+    assert batch["namespace"] == event["namespace"]
+    assert batch["fields"][0]["type"] == {"type": "array", "items": QUERY_EVENT}
+    inlined = {**batch, "fields": [{**batch["fields"][0],
+                                    "type": {"type": "array", "items": event}}]}
+    assert CODEC.fingerprint_of(QUERY_EVENT_BATCH) == schema_fingerprint_bytes(inlined)
+    assert CODEC.fingerprint_of(QUERY_EVENT_BATCH) not in {CODEC.fingerprint_of(n) for n in SHIPPED}
+
+
+@FAST
+@given(events=st.lists(query_events, max_size=5))
+def test_a_batch_is_one_array_block_of_single_event_bodies(events: list[dict[str, Any]]) -> None:
+    data = CODEC.encode(QUERY_EVENT_BATCH, {"events": events})
+    assert data[:10] == MAGIC + CODEC.fingerprint_of(QUERY_EVENT_BATCH)
+    bodies = b"".join(CODEC.encode(QUERY_EVENT, e)[10:] for e in events)
+    count = bytes([len(events) * 2]) if events else b""  # zigzag count, < 64: one byte
+    assert data[10:] == count + bodies + b"\x00"
+    assert CODEC.decode(data, QUERY_EVENT_BATCH) == {"events": events}  # no NaN in the strategy
+
+
+def test_a_reference_to_a_record_no_file_defines_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "b.avsc").write_text(json.dumps({
+        "type": "record", "name": "B", "namespace": "x",
+        "fields": [{"name": "e", "type": {"type": "array", "items": "x.Missing"}}]}))
+    with pytest.raises(Exception, match="Missing"):
         Codec(tmp_path)

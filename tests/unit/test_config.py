@@ -63,6 +63,7 @@ RANGES: list[tuple[str, float | None, bool, float | None, bool, bool]] = [
     ("metrics.buffer_size", 1, True, 10_000_000, True, True),
     ("metrics.flush_interval_secs", 0, False, 86400, True, False),
     ("metrics.batch_size", 1, True, 1_000_000, True, True),
+    ("metrics.max_message_bytes", 1024, True, 100_000_000, True, True),
     ("metrics.slow_query_ms", 0, True, None, False, False),
     ("metrics.metrics_port", 0, True, 65535, True, True),
     ("database.pool_size", 1, True, 100, True, True),
@@ -73,6 +74,7 @@ RANGES: list[tuple[str, float | None, bool, float | None, bool, bool]] = [
     ("analysis.metrics_port", 0, True, 65535, True, True),
     ("kafka.partitions", 1, True, 10_000, True, True),
     ("kafka.replication_factor", 1, True, 10, True, True),
+    ("kafka.startup_timeout_secs", 0, True, 3600, True, False),
     ("streams.window_secs", 1, True, 86400, True, True),
     ("streams.grace_secs", 0, True, 86400, True, False),
     ("streams.max_future_secs", 0, True, None, False, False),
@@ -340,11 +342,19 @@ def test_window_seconds() -> None:
         "1h": 3600, "6h": 21600, "12h": 43200, "1d": 86400, "7d": 604800, "30d": 2592000,
         "90d": 7776000,
     }
-    with pytest.raises(ConfigError, match="2d"):
-        window_to_seconds("2d")
+    # Any N[smhdw] (SPEC §4, #15), not only the documented ones.
+    assert [window_to_seconds(w) for w in ("2d", "90m", "3h", "1w", "45s")] == [
+        172800, 5400, 10800, 604800, 45]
+    with pytest.raises(ConfigError, match="2x"):
+        window_to_seconds("2x")
 
 
-@pytest.mark.parametrize("window", ["2d", "7D", " 7d", "", "1w", "168h", "7"])
+@pytest.mark.parametrize("window", ["2d", "1w", "168h", "90m", "3h"])
+def test_any_duration_is_a_window(window: str) -> None:
+    assert load_settings(environ={}, overrides={"analysis.window": window}).analysis.window == window
+
+
+@pytest.mark.parametrize("window", ["7D", " 7d", "", "7", "0d", "-1h", "1.5h", "1y", "3651d"])
 def test_other_windows_are_rejected(window: str) -> None:
     message = config_error(overrides={"analysis.window": window})
     assert "observability.analysis.window" in message
@@ -468,3 +478,22 @@ def test_password_in_a_file_url_with_a_bad_scheme_is_masked(tmp_path: Path) -> N
     message = config_error(path=path)
     assert "hunter2" not in message
     assert "mysql://app:***@db/m" in message
+
+
+# --- kafka.bootstrap_servers: host:port at start-up (#15) --------------------------------------
+
+@pytest.mark.parametrize("servers", ["127.0.0.1:9092", "kafka-1:9092,kafka-2:9092", "[::1]:9092",
+                                     "SSL://broker.example.com:9093", "k1:1, k2:65535"])
+def test_bootstrap_servers_host_port(servers: str) -> None:
+    loaded = load_settings(environ={"FRAISEQL_KAFKA_BOOTSTRAP_SERVERS": servers}).kafka
+    assert loaded.bootstrap_servers == servers.replace(", ", ",")
+
+
+@pytest.mark.parametrize("servers", ["kafka", "kafka:", ":9092", "kafka:0", "kafka:65536",
+                                     "kafka:90x2", "k1:9092,", "k1:9092;k2:9092", "a b:9092",
+                                     "alice:S3cret@kafka:9092"])
+def test_bootstrap_servers_not_host_port(servers: str) -> None:
+    message = config_error(environ={"FRAISEQL_KAFKA_BOOTSTRAP_SERVERS": servers})
+    assert "observability.kafka.bootstrap_servers" in message
+    assert "FRAISEQL_KAFKA_BOOTSTRAP_SERVERS" in message and "host:port" in message
+    assert "S3cret" not in message

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from fraiseql_obs_streams import decoding
 from fraiseql_obs_streams.decoding import QueryEventDecoder
-from fraiseql_observability.codec import QUERY_EVENT, SCHEMA_DIR, Codec, default_codec
+from fraiseql_observability.codec import (
+    QUERY_EVENT,
+    QUERY_EVENT_BATCH,
+    QUERY_ROLLUP,
+    SCHEMA_DIR,
+    Codec,
+    default_codec,
+)
 from fraiseql_observability.errors import DecodeError
 
 CODEC = default_codec()
@@ -196,3 +203,149 @@ def test_the_string_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None
         event = {**SAMPLE, "instance": f"api-{i}", "sql": f"SELECT {i}"}
         assert decoder.decode(CODEC.encode(QUERY_EVENT, event)) == event
         assert len(decoder._hosts) <= 50 and len(decoder._patterns) <= 50
+
+
+# --- QueryEventBatch ---------------------------------------------------------------------------
+
+def _zigzag(value: int) -> bytes:
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _blocks(events: list[dict[str, Any]], sizes: list[int], sized: bool) -> bytes:
+    """A QueryEventBatch written in blocks of ``sizes`` items (negative counts with byte sizes
+    when ``sized``), the form another Avro writer may choose."""
+    header = CODEC.encode(QUERY_EVENT_BATCH, {"events": []})[:10]
+    bodies = [CODEC.encode(QUERY_EVENT, e)[10:] for e in events]
+    out, at = bytearray(header), 0
+    for size in sizes:
+        block = b"".join(bodies[at:at + size])
+        at += size
+        out += _zigzag(-size) + _zigzag(len(block)) if sized else _zigzag(size)
+        out += block
+    assert at == len(bodies)
+    return bytes(out + b"\x00")
+
+
+@EXAMPLES
+@given(events=st.lists(query_events, max_size=8))
+def test_a_batch_of_random_records_decodes_exactly_like_the_codec(events: list[dict[str, Any]]) -> None:
+    decoder = QueryEventDecoder(CODEC)
+    data = CODEC.encode(QUERY_EVENT_BATCH, {"events": events})
+    ours = decoder.decode_message(data)
+    assert isinstance(ours, list)
+    assert same({"events": ours}, CODEC.decode(data, QUERY_EVENT_BATCH))
+    assert same({"events": decoder.decode_message(data)}, {"events": ours})  # from the caches
+
+
+@EXAMPLES
+@given(events=st.lists(query_events, min_size=1, max_size=8), cuts=st.lists(st.integers(1, 8)),
+       sized=st.booleans())
+def test_batches_in_several_blocks_decode_like_the_codec(
+    events: list[dict[str, Any]], cuts: list[int], sized: bool
+) -> None:
+    sizes, left = [], len(events)
+    for cut in cuts:
+        if left == 0:
+            break
+        sizes.append(min(cut, left))
+        left -= sizes[-1]
+    if left:
+        sizes.append(left)
+    data = _blocks(events, sizes, sized)
+    ours = QueryEventDecoder(CODEC).decode_message(data)
+    assert same({"events": ours}, CODEC.decode(data, QUERY_EVENT_BATCH))
+
+
+@st.composite
+def damaged_batches(draw: st.DrawFn) -> bytes:
+    events = draw(st.lists(query_events, min_size=1, max_size=4))
+    data = bytearray(CODEC.encode(QUERY_EVENT_BATCH, {"events": events}))
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    for _ in range(draw(st.integers(1, 3))):
+        kind = rng.random()
+        if kind < 0.5:
+            data[rng.randrange(10, len(data))] = rng.randrange(256)
+        elif kind < 0.75:
+            del data[rng.randrange(10, len(data)):]
+        else:
+            data += rng.randbytes(rng.randrange(1, 6))
+    return bytes(data)
+
+
+@EXAMPLES
+@given(data=damaged_batches())
+def test_a_damaged_batch_never_decodes_to_what_the_codec_would_not(data: bytes) -> None:
+    try:
+        ours = QueryEventDecoder(CODEC).decode_message(data)
+    except DecodeError as exc:
+        assert exc.reason == "undecodable"
+        return
+    assert same({"events": ours}, CODEC.decode(data, QUERY_EVENT_BATCH))
+
+
+def test_a_corrupt_item_makes_the_whole_batch_undecodable_and_says_where() -> None:
+    events = [SAMPLE, {**SAMPLE, "event_id": "second"}, SAMPLE]
+    data = bytearray(CODEC.encode(QUERY_EVENT_BATCH, {"events": events}))
+    first, second = (len(CODEC.encode(QUERY_EVENT, e)) - 10 for e in events[:2])
+    # Header, count, the first item, then the second item's cache_hit (before branch and weight).
+    cache_hit_at = 10 + 1 + first + second - 8 - 1 - 1
+    assert data[cache_hit_at] == 1
+    data[cache_hit_at] = 7
+    with pytest.raises(DecodeError) as info:
+        QueryEventDecoder(CODEC).decode_message(bytes(data))
+    assert info.value.reason == "undecodable"
+    assert "at event 1" in info.value.detail
+
+
+def test_a_block_size_that_does_not_match_its_items_is_undecodable() -> None:
+    good = _blocks([SAMPLE, SAMPLE], [2], sized=True)
+    size = 2 * (len(CODEC.encode(QUERY_EVENT, SAMPLE)) - 10)
+    assert good[10:11 + len(_zigzag(size))] == _zigzag(-2) + _zigzag(size)
+    data = good[:11] + _zigzag(size + 1) + good[11 + len(_zigzag(size)):]
+    with pytest.raises(DecodeError) as info:
+        QueryEventDecoder(CODEC).decode_message(bytes(data))
+    assert info.value.reason == "undecodable"
+
+
+def test_decode_message_takes_single_events_and_rejects_other_records() -> None:
+    decoder = QueryEventDecoder(CODEC)
+    assert decoder.decode_message(CODEC.encode(QUERY_EVENT, SAMPLE)) == SAMPLE
+    assert decoder.decode_message(CODEC.encode(QUERY_EVENT_BATCH, {"events": []})) == []
+    other = CODEC.encode(QUERY_ROLLUP, _ROLLUP)
+    with pytest.raises(DecodeError) as info:
+        decoder.decode_message(other)
+    assert info.value.reason == "unexpected_schema"
+    with pytest.raises(DecodeError) as single:
+        decoder.decode(CODEC.encode(QUERY_EVENT_BATCH, {"events": [SAMPLE]}))
+    assert single.value.reason == "unexpected_schema"
+
+
+_ROLLUP: dict[str, Any] = {
+    "rollup_id": "r", "fingerprint": "f", "query_name": "q", "sql": "s", "region": "x",
+    "window_start": 0, "window_end": 60, "source_topic": "t", "source_partition": 0,
+    "first_offset": 0, "last_offset": 0, "event_count": 1, "count": 1.0, "error_count": 0.0,
+    "cache_hits": 0.0, "rows_sum": 0.0, "exec_sum_ms": 1.0, "exec_min_ms": 1.0, "exec_max_ms": 1.0,
+    "sql_generation_sum_ms": 0.0, "db_round_trip_sum_ms": 0.0, "projection_sum_ms": 0.0,
+    "sketch_alpha": 0.01, "sketch_keys": [], "sketch_weights": [], "correction_slot": None,
+}
+
+
+def test_a_changed_event_schema_decodes_batches_through_the_codec(tmp_path: Path) -> None:
+    current = json.loads((SCHEMA_DIR / "query_event.avsc").read_text(encoding="utf-8"))
+    extra = {"name": "tenant", "type": "string", "default": ""}
+    _write(tmp_path / "query_event.avsc", dict(current, fields=[*current["fields"], extra]))
+    batch = json.loads((SCHEMA_DIR / "query_event_batch.avsc").read_text(encoding="utf-8"))
+    _write(tmp_path / "query_event_batch.avsc", batch)
+    codec = Codec(tmp_path)
+    decoder = QueryEventDecoder(codec)
+    assert not decoder.fast
+    records = [{**SAMPLE, "tenant": "acme"}, {**SAMPLE, "tenant": "b"}]
+    assert decoder.decode_message(codec.encode(QUERY_EVENT_BATCH, {"events": records})) == records
+    # The batch's fingerprint covers the event's definition: it changed with it.
+    assert codec.fingerprint_of(QUERY_EVENT_BATCH) != CODEC.fingerprint_of(QUERY_EVENT_BATCH)

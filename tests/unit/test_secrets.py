@@ -156,3 +156,49 @@ def test_mask_secrets_examples(text: str, secret: str) -> None:
 @given(text=st.text(alphabet=st.characters(exclude_characters="@=:"), max_size=80))
 def test_mask_secrets_leaves_text_without_credentials_alone(text: str) -> None:
     assert mask_secrets(text) == text
+
+
+# --- credentials without a scheme (#15: `alice:S3cret@host` was printed as typed) -------------
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("alice:S3cret@host", "alice:***@host"),
+        ("alice:S3cret@db:5432/metrics", "alice:***@db:5432/metrics"),
+        ("--database alice:S3cret@db/m: expected a postgresql:// URL",
+         "--database alice:***@db/m: expected a postgresql:// URL"),
+        ("'alice:S3cret@host'", "'alice:***@host'"),
+        ("alice:p@ss@db/m", "alice:***@db/m"),
+        ("alice:pa:ss@[::1]:5432/m", "alice:***@[::1]:5432/m"),
+        ("u.s-e_r%40x:pw@h", "u.s-e_r%40x:***@h"),
+        ("sasl bob:hunter2@kafka-1:9093 refused", "sasl bob:***@kafka-1:9093 refused"),
+    ],
+)
+def test_mask_secrets_without_a_scheme(text: str, expected: str) -> None:
+    assert mask_secrets(text) == expected
+    assert mask_url(text) == expected
+    assert mask_secrets(expected) == expected  # idempotent
+
+
+@pytest.mark.parametrize("text", [
+    "alice@host", "12:30 at host", "host:5432", "a:b", "postgresql://app@db:5432/m",
+    "kafka+ssl://user@h:1/x", "[::1]:9092", "2026-12-03 09:16:24,265 INFO x: y",
+    "email me at alice@example.com: soon",
+])
+def test_text_without_credentials_is_unchanged(text: str) -> None:
+    assert mask_secrets(text) == text
+
+
+@FAST
+@given(user=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_.-%", min_size=1, max_size=12),
+       password=passwords.filter(lambda p: not any(c.isspace() for c in p)),
+       host=hosts.filter(bool), port=ports, path=paths,
+       before=st.sampled_from(["", "url ", "cannot connect to ", "'", "("]),
+       after=st.sampled_from(["", " failed", "'", ": expected a postgresql:// URL"]))
+def test_mask_secrets_hides_schemeless_passwords(
+    user: str, password: str, host: str, port: int | None, path: str, before: str, after: str
+) -> None:
+    text = f"{before}{user}:{password}@{hostinfo(host, port)}{path}{after}"
+    masked = mask_secrets(text)
+    assert_no_password(masked)
+    assert masked == f"{before}{user}:***@{hostinfo(host, port)}{path}{after}"

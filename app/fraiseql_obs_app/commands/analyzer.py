@@ -22,14 +22,22 @@ from fraiseql_obs_analyzer.stats import (
     render_stats_json,
     render_stats_text,
 )
-from fraiseql_observability.config import window_to_seconds
+from fraiseql_observability.config import Settings, window_to_seconds
+from fraiseql_observability.db import require_migrated
 from fraiseql_observability.metrics import serve_metrics
 
 from ..common import settings_from, stop_event, validate_url
 
 
+def _require_migrated(settings: Settings, command: str) -> None:
+    """One line naming `fraiseql-cli migrate` instead of "relation … does not exist" and a caret."""
+    require_migrated(settings.database_url, application_name=f"fraiseql-{command}",
+                     connect_timeout=settings.database.timeout_secs)
+
+
 def cmd_stats(args: argparse.Namespace) -> None:
     settings = settings_from(args, **{"database.url": args.database})
+    _require_migrated(settings, "stats")
     end = args.end or datetime.now(UTC)
     start = end - timedelta(seconds=window_to_seconds(args.window))
     # Whole hours come from the hourly level for long periods (same merged sketches, cheaper).
@@ -49,6 +57,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         "analysis.min_speedup": args.min_speedup,
         "analysis.min_selectivity": args.min_selectivity,
     })
+    _require_migrated(settings, "analyze")
     analysis = run_analysis(settings.database_url, AnalyzeOptions(
         window=settings.analysis.window,
         end=args.end,

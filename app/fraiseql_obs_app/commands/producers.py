@@ -4,18 +4,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, Final
 
 from fraiseql_obs_producers.appdb import create_demo_app_db
 from fraiseql_obs_producers.errors import LoadgenError
 from fraiseql_obs_producers.execute import run_real_workload
-from fraiseql_obs_producers.loadgen import run_loadgen
+from fraiseql_obs_producers.loadgen import LoadgenReport, run_loadgen
 from fraiseql_obs_producers.table_stats import publish_table_stats, run_table_stats, snapshot_table_stats
 from fraiseql_observability.errors import UsageError
 from fraiseql_observability.jsonpath import InvalidJsonPath, parse_json_path
 from fraiseql_observability.metrics import serve_metrics
 
 from ..common import log, settings_from, stop_event
+
+PROGRESS_EVERY_SECS: Final = 5.0
+
+
+def _progress(every: float = PROGRESS_EVERY_SECS) -> Callable[[LoadgenReport], None]:
+    """A line on stderr every ``every`` seconds while events are produced."""
+    next_at = time.monotonic() + every
+
+    def show(report: LoadgenReport) -> None:
+        nonlocal next_at
+        now = time.monotonic()
+        if now < next_at:
+            return
+        next_at = now + every
+        print(f"loadgen: {report.produced:,} events produced in {report.elapsed_secs:.0f}s "
+              f"({report.events_per_sec:,.0f}/s), {report.failed:,} failed", file=sys.stderr,
+              flush=True)
+
+    return show
+
+
+def _execute_text(summary: dict[str, Any]) -> str:
+    lines = [f"loadgen --execute: {summary['executed']:,} queries ({summary['errors']:,} errors) in "
+             f"{summary['elapsed_secs']:.1f}s, {summary['queries_per_sec']:,.0f}/s, region "
+             f"{summary['region']}; recorder sampled {summary['recorder']['sampled']:,}, sent "
+             f"{summary['recorder']['sent']:,}, dropped {summary['recorder']['dropped'] or 'none'}"]
+    for query in summary["queries"][:8]:
+        p95 = query["p95_ms"]
+        lines.append(f"  {query['executed']:>8,}  {query['query_name']:<28} p95 "
+                     f"{'-' if p95 is None else f'{p95:.1f} ms'}")
+    return "\n".join(lines)
 
 
 def cmd_loadgen(args: argparse.Namespace) -> None:
@@ -31,8 +66,10 @@ def cmd_loadgen(args: argparse.Namespace) -> None:
         backfill=timedelta(minutes=args.backfill_minutes) if args.backfill_minutes else None,
         regions=args.regions.split(","),
         seed=args.seed,
+        progress=_progress(),
+        stop=stop_event(),
     )
-    print(json.dumps(report.summary(), indent=2))
+    print(json.dumps(report.summary(), indent=2) if args.format == "json" else report.summary_text())
 
 
 def _loadgen_execute(args: argparse.Namespace) -> None:
@@ -56,7 +93,8 @@ def _loadgen_execute(args: argparse.Namespace) -> None:
                                    concurrency=args.concurrency, stop=stop_event())
     except LoadgenError as exc:
         raise UsageError(str(exc)) from None
-    print(json.dumps(report.summary(), indent=2))
+    summary = report.summary()
+    print(json.dumps(summary, indent=2) if args.format == "json" else _execute_text(summary))
 
 
 def cmd_table_stats(args: argparse.Namespace) -> None:
