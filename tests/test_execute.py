@@ -7,18 +7,14 @@ import math
 import statistics
 import subprocess
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from psycopg import sql
 
 from fraiseql_obs_producers.appdb import create_demo_app_db
 from fraiseql_obs_producers.errors import LoadgenError
@@ -27,6 +23,7 @@ from fraiseql_obs_producers.fingerprint import fingerprint_sql
 from fraiseql_obs_producers.loadgen import weighted_quantile
 from fraiseql_obs_producers.workload import Workload, default_workload
 from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
+from tests.fix_pg import scratch_database
 from tests.fix_procs import clean_env, cli, write_config
 from tests.query_events import read_events
 
@@ -63,17 +60,9 @@ def test_query_execution_percentiles() -> None:
 
 @pytest.fixture(scope="module")
 def app_db(pg_admin_url: str) -> Iterator[str]:
-    name = f"fraiseql_exec_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = urlunsplit(urlsplit(pg_admin_url)._replace(path="/" + name))
-    try:
+    with scratch_database(pg_admin_url, "fraiseql_exec") as url:
         create_demo_app_db(url, rows=ROWS, seed=5)
         yield url
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def _settings(kafka: KafkaSettings, sample_rate: float, slow_query_ms: float = 1e6) -> Settings:

@@ -12,21 +12,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from fraiseql_obs_app.demo_api import DATABASE_ENV, SETTINGS_ENV
 from fraiseql_obs_producers.appdb import create_demo_app_db
 from fraiseql_obs_producers.fingerprint import fingerprint_sql
 from fraiseql_observability.config import KafkaSettings
+from tests.fix_pg import scratch_database
 from tests.fix_procs import Processes, clean_env, cli, free_port, write_config
 from tests.query_events import read_events
 
@@ -48,17 +45,9 @@ EMAIL_SQL = ("SELECT jsonb_build_object('id', data->>'id', 'customerEmail', "
 
 @pytest.fixture(scope="module")
 def app_db(pg_admin_url: str) -> Iterator[str]:
-    name = f"fraiseql_api_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = urlunsplit(urlsplit(pg_admin_url)._replace(path="/" + name))
-    try:
+    with scratch_database(pg_admin_url, "fraiseql_api") as url:
         create_demo_app_db(url, rows=ROWS, seed=5)
         yield url
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def _start_api(processes: Processes, config: Path, database: str) -> int:
