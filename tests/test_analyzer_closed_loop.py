@@ -177,8 +177,12 @@ def test_planted_pattern_closed_loop(tmp_path: Path, kafka_settings: KafkaSettin
                      f"{estimated:.1f}x (hypopg), measured p95 {before.queries[name].p95_ms:.2f} "
                      f"-> {after.queries[name].p95_ms:.2f} ms = {measured:.1f}x")
         assert measured >= 5, lines[-1]
-        # Within 4x: on this shared 2-core host the measured p95 of the same phases swings by
-        # up to 2x between runs (and the HypoPG estimate with the sampled statistics), so a
-        # tighter band fails on noise; a wrong model is off by 10x or more.
-        assert 1 / 4 <= estimated / measured <= 4, lines[-1]
+        # Never promises more than 4x what it delivers: on this shared 2-core host the measured
+        # p95 of the same phases swings by up to 2x between runs (and the HypoPG estimate with
+        # the sampled statistics); a wrong model is off by 10x or more. Under-promising gets
+        # twice that room, by design: the projection stops at the workload's floor, the median
+        # p95 of its fastest patterns in the *before* phase, when they queue behind the slow
+        # one on the same two cores; the after phase has no slow query left, so the planted
+        # pattern can drop below that floor (seen: 100 -> 0.74 ms measured, 3.2 ms projected).
+        assert 1 / 8 <= estimated / measured <= 4, lines[-1]
     print("\n".join(lines))

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from fraiseql_observability.codec import QUERY_EVENT, default_codec
 from fraiseql_observability.config import KafkaSettings
 
 from .fix_kafka import consume_all
+from .query_events import events_of
 
 REPO = Path(__file__).resolve().parent.parent
 OUR_TOP_LEVEL = {
@@ -114,6 +114,8 @@ def test_app_with_colliding_module_names_records_an_event(
 
     messages = consume_all(kafka_settings.bootstrap_servers, kafka_settings.events_topic, expected=1)
     assert len(messages) == 1
-    schema, event = default_codec().decode_named(messages[0][1])
-    assert schema == QUERY_EVENT
+    # Batched by default (SPEC §3): one QueryEventBatch message holding the one event.
+    events = events_of(messages[0][1])
+    assert len(events) == 1
+    event = events[0]
     assert (event["query_name"], event["region"], event["rows_returned"]) == ("orders", "app-region", 1)
