@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -190,6 +190,9 @@ class StreamSettings(_Section):
     batch_timeout_secs: float = _field(0.5, gt=0, le=60)
     group_id: str = "fraiseql-stream"
     metrics_port: int = _field(9101, ge=0, le=65535)  # 0: a free port, logged at start
+    # What moves the messages: "native" (a librdkafka loop) or "faust" (a Faust app's agent); the
+    # processing is the same code (streams/DESIGN.md).
+    engine: Literal["native", "faust"] = "native"
 
 
 class SinkSettings(_Section):

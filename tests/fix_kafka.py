@@ -29,9 +29,9 @@ def kafka_bootstrap() -> str:
     return BOOTSTRAP
 
 
-@pytest.fixture
-def kafka_settings(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
-    """KafkaSettings with per-test topic names (prefix ``t<random>.``), deleted afterwards."""
+@contextlib.contextmanager
+def _own_topics(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
+    """KafkaSettings with topic names of their own (prefix ``t<random>.``), deleted afterwards."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     settings = KafkaSettings(
         bootstrap_servers=kafka_bootstrap,
@@ -49,6 +49,20 @@ def kafka_settings(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
         for future in admin.delete_topics(topics, operation_timeout=30).values():
             with contextlib.suppress(Exception):  # best-effort cleanup
                 future.result()
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
+    """KafkaSettings with per-test topic names (prefix ``t<random>.``), deleted afterwards."""
+    with _own_topics(kafka_bootstrap) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def module_kafka_settings(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
+    """The same, shared by a module's tests (for an expensive module-scoped setup)."""
+    with _own_topics(kafka_bootstrap) as settings:
+        yield settings
 
 
 # --- helpers shared by Kafka tests --------------------------------------------------------------

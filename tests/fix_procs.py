@@ -72,6 +72,15 @@ def cli(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "fraiseql_obs_app.cli", "--config", str(config), *args]
 
 
+# The stream stage's engines (``fraiseql-cli stream --engine``): the tests of exactness under
+# faults run over both.
+ENGINES = ("native", "faust")
+
+
+def stream_cli(config: Path, engine: str, *args: str) -> list[str]:
+    return cli(config, "stream", "--engine", engine, *args)
+
+
 class Processes:
     """Starts CLI processes with logs in a folder; stops whatever is left at the end."""
 

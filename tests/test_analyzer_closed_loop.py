@@ -36,7 +36,9 @@ from tests.fix_procs import Processes, clean_env, cli, write_config
 from tests.fraiseql_sql import fraiseql2_sql
 from tests.test_analyzer_analyze import app_database
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
+# serial: it compares measured speedups with the estimate; a second test process would skew them.
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.serial]
 
 ROWS = 100_000  # tv_order rows: a sequential scan ~50 ms here, plenty for a 5x gain
 # Queries per run: the planted pattern draws ~13 % of them, so its measured p95 rests on ~190

@@ -15,7 +15,7 @@ import pytest
 
 from fraiseql_obs_producers.recorder import Recorder
 from fraiseql_observability.config import KafkaSettings, Settings, load_settings
-from tests.fix_procs import Processes, clean_env, cli, write_config
+from tests.fix_procs import ENGINES, Processes, clean_env, cli, stream_cli, write_config
 from tests.oracles import exact_lower_quantile
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e]
@@ -64,8 +64,9 @@ def record_workload(regions: list[Settings], seed: int, now_us: int) -> list[dic
     return kept
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_events_to_stats_exact(tmp_path: Path, kafka_settings: KafkaSettings, metrics_db: str,
-                               processes: Processes) -> None:
+                               processes: Processes, engine: str) -> None:
     now_us = time.time_ns() // 1000
     regions = [
         # The test records 25 minutes of event time in about a second, and each recorder thread may
@@ -78,8 +79,8 @@ def test_events_to_stats_exact(tmp_path: Path, kafka_settings: KafkaSettings, me
     ]
     kept = record_workload(regions, 1, now_us)
     config = tmp_path / "us-east-1.toml"
-    for name in ("stream", "sink"):
-        processes.start(name, cli(config, name))
+    processes.start("stream", stream_cli(config, engine))
+    processes.start("sink", cli(config, "sink"))
 
     expected: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for event in kept:

@@ -40,10 +40,14 @@ from fraiseql_obs_sinks.writer import RollupWriter
 from fraiseql_observability.config import KafkaSettings, Settings, load_settings
 from fraiseql_observability.metricsdb.rollups import StatsLevel
 from fraiseql_observability.sketch import DEFAULT_ALPHA
-from tests.fix_procs import Processes, clean_env, cli, write_config
+from tests.fix_procs import ENGINES, Processes, clean_env, cli, stream_cli, write_config
 from tests.oracles import exact_lower_quantile
 from tests.query_events import events_of
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
+
+# One xdist worker for the module: its two regional clusters and MirrorMaker (a module-scoped
+# fixture) start once.
+pytestmark = pytest.mark.xdist_group("multiregion")
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = str(REPO / "scripts" / "stack")
@@ -219,9 +223,10 @@ def _percentile(values: list[float], q: float) -> float:
 @pytest.mark.postgres
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
 def test_regions_mirrored_to_central_are_counted_exactly(
     tmp_path: Path, topology: Topology, kafka_settings: KafkaSettings, metrics_db: str,
-    processes: Processes,
+    processes: Processes, engine: str,
 ) -> None:
     central = kafka_settings.bootstrap_servers
     regional_topic = kafka_settings.events_topic  # t<hex>.fraiseql.query-events
@@ -245,12 +250,14 @@ def test_regions_mirrored_to_central_are_counted_exactly(
             metrics_db, region="central", grace_secs=300)
         watcher = MirrorWatcher(central, mirrored, 3)
         watcher.start()
-        for name in ("stream", "sink"):
-            processes.start(name, cli(central_config, name))
+        processes.start("stream", stream_cli(central_config, engine))
+        processes.start("sink", cli(central_config, "sink"))
         # Both regions' mirrored partitions assigned (the regex matched them); also keeps the
         # workers' start-up CPU out of the mirroring latency measured next.
         deadline = time.monotonic() + 60
-        while processes.log("stream").count("assigned ") < 2 * 3 or "assigned" not in processes.log("sink"):
+        assigned = re.compile(r"assigned \S+\[\d+\] from")
+        while (len(assigned.findall(processes.log("stream"))) < 2 * 3
+               or "assigned" not in processes.log("sink")):
             assert time.monotonic() < deadline, processes.log("stream")
             processes.assert_running()
             time.sleep(0.2)

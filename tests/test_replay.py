@@ -21,7 +21,8 @@ from tests.fix_kafka import consume_all
 from tests.fix_procs import clean_env, cli, write_config
 from tests.test_stream import Worker, make_event, stream_settings
 
-pytestmark = [pytest.mark.kafka]
+# One xdist worker for both tests, so the module-scoped live worker runs once.
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("replay")]
 
 MICROS = 1_000_000
 MINUTE = 60 * MICROS
@@ -43,9 +44,12 @@ def rollups(kafka: KafkaSettings) -> list[dict[str, Any]]:
             for _, v, _, _ in consume_all(kafka.bootstrap_servers, kafka.rollups_topic, idle_secs=3)]
 
 
-@pytest.fixture
-def live(kafka_settings: KafkaSettings) -> tuple[Settings, list[dict[str, Any]], int]:
-    """40 minutes of events, processed by a live worker; returns its rollups and the base time."""
+@pytest.fixture(scope="module")
+def live(module_kafka_settings: KafkaSettings) -> tuple[Settings, list[dict[str, Any]], int]:
+    """40 minutes of events, processed by a live worker; returns its rollups and the base time.
+    Once for the module: both tests only read what it produced (their replays publish to topics
+    of their own or upsert the same rollups)."""
+    kafka_settings = module_kafka_settings
     settings = stream_settings(kafka_settings, grace_secs=5.0)
     ensure_topics(kafka_settings, [kafka_settings.events_topic])
     rng = random.Random(4)

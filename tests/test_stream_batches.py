@@ -24,7 +24,7 @@ from fraiseql_observability.codec import QUERY_EVENT, QUERY_EVENT_BATCH
 from fraiseql_observability.config import KafkaSettings, Settings
 from fraiseql_observability.kafka import ensure_topics
 from tests.fix_kafka import produce
-from tests.fix_procs import Processes, cli, write_config
+from tests.fix_procs import ENGINES, Processes, stream_cli, write_config
 from tests.test_stream import (
     CODEC,
     MICROS,
@@ -36,7 +36,14 @@ from tests.test_stream import (
     read_rollups,
     stream_settings,
 )
-from tests.test_stream_faults import FINGERPRINTS, REGIONS, Feeder, assert_exact, wait_for_totals
+from tests.test_stream_faults import (
+    FINGERPRINTS,
+    REGIONS,
+    Feeder,
+    assert_exact,
+    wait_assigned,
+    wait_for_totals,
+)
 
 pytestmark = [pytest.mark.kafka]
 
@@ -147,20 +154,24 @@ class BatchFeeder(Feeder):
 
 @pytest.mark.fault
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
 def test_kill_minus_9_three_times_on_batches_counts_every_event_once(
-    tmp_path: Path, kafka_settings: KafkaSettings, processes: Processes
+    tmp_path: Path, kafka_settings: KafkaSettings, processes: Processes, engine: str
 ) -> None:
     ensure_topics(kafka_settings, [kafka_settings.events_topic, kafka_settings.rollups_topic,
                                    kafka_settings.dead_letters_topic])
     config = write_config(tmp_path / "c.toml", kafka_settings)
     feeder = BatchFeeder(kafka_settings, total=100_000, seconds=10, seed=21)
     feeder.start()
-    processes.start("stream", cli(config, "stream"))
+    name = "stream-0"
+    processes.start(name, stream_cli(config, engine))
     for kill in range(3):
-        time.sleep(2.5 + kill)
+        wait_assigned(processes, name)  # killed while it works, not while it waits for the group
+        time.sleep(1.5 + kill)
         processes.assert_running()
-        processes.kill9("stream")
-        processes.start("stream", cli(config, "stream"))
+        processes.kill9(name)
+        name = f"stream-{kill + 1}"
+        processes.start(name, stream_cli(config, engine))
         print(f"kill -9 number {kill + 1} done")
     feeder.join()
     assert not feeder.errors

@@ -7,6 +7,7 @@ rollups must count every valid event exactly once, and no rollup id may carry tw
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import defaultdict
@@ -20,7 +21,7 @@ from fraiseql_observability.codec import DEAD_LETTER, QUERY_EVENT, QUERY_ROLLUP,
 from fraiseql_observability.config import KafkaSettings
 from fraiseql_observability.kafka import ensure_topics
 from tests.fix_kafka import consume_all
-from tests.fix_procs import Processes, cli, write_config
+from tests.fix_procs import ENGINES, Processes, stream_cli, write_config
 from tests.test_stream import make_event
 
 pytestmark = [pytest.mark.kafka, pytest.mark.fault, pytest.mark.slow]
@@ -125,6 +126,16 @@ def assert_exact(by_id: dict[str, dict[str, Any]], feeder: Feeder) -> None:
         assert weights[key] == pytest.approx(weight, rel=1e-12), key
 
 
+def wait_assigned(processes: Processes, name: str, timeout: float = 60) -> None:
+    """Until the worker logged its first partition assignment (``assigned <tp> from ...``)."""
+    path = processes.logs / f"{name}.log"
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and re.search(r"assigned \S+\[\d+\] from", path.read_text(errors="replace"))):
+        assert time.monotonic() < deadline, processes.log(name)
+        processes.assert_running()
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def fault_kafka(kafka_settings: KafkaSettings) -> KafkaSettings:
     ensure_topics(kafka_settings, [kafka_settings.events_topic, kafka_settings.rollups_topic,
@@ -132,32 +143,39 @@ def fault_kafka(kafka_settings: KafkaSettings) -> KafkaSettings:
     return kafka_settings
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_kill_minus_9_three_times_counts_every_event_once(
-    tmp_path: Path, fault_kafka: KafkaSettings, processes: Processes
+    tmp_path: Path, fault_kafka: KafkaSettings, processes: Processes, engine: str
 ) -> None:
     config = write_config(tmp_path / "c.toml", fault_kafka)
-    feeder = Feeder(fault_kafka, total=200_000, seconds=20, seed=11)
+    feeder = Feeder(fault_kafka, total=100_000, seconds=15, seed=11)
     feeder.start()
     rng = random.Random(5)
-    processes.start("stream", cli(config, "stream"))
+    name = "stream-0"
+    processes.start(name, stream_cli(config, engine))
     for kill in range(3):
-        time.sleep(rng.uniform(3.0, 6.0))
+        # Killed while it works: after it took its partitions (a restarted worker waits for the
+        # group to drop the killed one, up to the session timeout) and a few seconds into them.
+        wait_assigned(processes, name)
+        time.sleep(rng.uniform(2.0, 5.0))
         processes.assert_running()
-        processes.kill9("stream")
-        processes.start("stream", cli(config, "stream"))
+        processes.kill9(name)
+        name = f"stream-{kill + 1}"
+        processes.start(name, stream_cli(config, engine))
         print(f"kill -9 number {kill + 1} done")
     feeder.join()
     assert not feeder.errors
     assert_exact(wait_for_totals(fault_kafka, feeder, processes), feeder)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_rebalance_after_losing_one_of_two_workers(
-    tmp_path: Path, fault_kafka: KafkaSettings, processes: Processes
+    tmp_path: Path, fault_kafka: KafkaSettings, processes: Processes, engine: str
 ) -> None:
     config = write_config(tmp_path / "c.toml", fault_kafka)
     feeder = Feeder(fault_kafka, total=60_000, seconds=15, seed=12)
-    processes.start("stream-a", cli(config, "stream"))
-    processes.start("stream-b", cli(config, "stream"))
+    processes.start("stream-a", stream_cli(config, engine))
+    processes.start("stream-b", stream_cli(config, engine))
     time.sleep(3)
     feeder.start()
     time.sleep(6)
@@ -190,13 +208,14 @@ def hostile_messages(n: int, seed: int) -> list[bytes]:
     return out
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_hostile_input_is_dead_lettered_and_valid_traffic_counted(
-    tmp_path: Path, fault_kafka: KafkaSettings, processes: Processes
+    tmp_path: Path, fault_kafka: KafkaSettings, processes: Processes, engine: str
 ) -> None:
     config = write_config(tmp_path / "c.toml", fault_kafka)
     garbage = hostile_messages(10_000, seed=3)
     feeder = Feeder(fault_kafka, total=50_000, seconds=8, seed=13, garbage=garbage)
-    processes.start("stream", cli(config, "stream"))
+    processes.start("stream", stream_cli(config, engine))
     feeder.start()
     feeder.join()
     assert_exact(wait_for_totals(fault_kafka, feeder, processes), feeder)

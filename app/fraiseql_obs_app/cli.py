@@ -128,13 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
              "analyst and maintainer roles. Idempotent: running it again applies nothing new.")
     p.add_argument("--database", metavar="URL", help="metrics database URL (default: configuration)")
 
-    p = _add(sub, "stream", "streams:cmd_stream", "run one stream worker (a librdkafka consumer loop)",
+    p = _add(sub, "stream", "streams:cmd_stream", "run one stream worker (librdkafka loop or Faust app)",
              "Consume fraiseql.query-events, aggregate event-time 1-minute windows per pattern and "
              "region, publish closed windows to fraiseql.query-rollups. Run more processes (same "
              "streams.group_id) to scale, up to one per partition; give each its own "
              "--metrics-port on one host. Logs its Kafka address, topics and group at start and a "
-             "health line a minute; waits up to kafka.startup_timeout_secs for the broker.",
+             "health line a minute; waits up to kafka.startup_timeout_secs for the broker. "
+             "--engine faust runs the same processing as a Faust worker (also: faust -A "
+             "fraiseql_obs_streams.faust_app worker).",
              epilog=_SETTINGS_EPILOG)
+    p.add_argument("--engine", choices=("native", "faust"), default=None,
+                   help="what moves the messages (default: streams.engine, native): native, a "
+                        "librdkafka consumer loop, or faust, a Faust app's agent; both exactly once")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="port of /metrics (default: streams.metrics_port, 9101; 0: pick a free "
                         "port and log it); bound on metrics_bind (default 127.0.0.1)")

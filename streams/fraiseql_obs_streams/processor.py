@@ -38,7 +38,7 @@ from .errors import StreamError
 from .validation import invalid_reason
 from .windowing import Checkpoint, Outcome, PartitionWindows
 
-__all__ = ["BatchResult", "StreamProcessor"]
+__all__ = ["BatchResult", "StreamProcessor", "TopicPartitionKey"]
 
 
 def _batch_detail(found: list[tuple[int, str]], n: int) -> str:
@@ -149,30 +149,36 @@ class StreamProcessor:
     # --- assignment ---------------------------------------------------------------------------
 
     def assign(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
-        """Rebuild state for newly assigned partitions; returns them positioned at their checkpoint."""
+        """Rebuild state for newly assigned partitions; returns them positioned at their checkpoint
+        (the native engine keeps it in the committed offset's metadata)."""
         committed = consumer.committed(list(partitions), timeout=30) if partitions else []
         positioned: list[TopicPartition] = []
         for tp in committed:
             if tp.error is not None:
                 raise StreamError(f"cannot read checkpoint of {tp.topic}[{tp.partition}]: {tp.error}")
-            checkpoint = None
-            if tp.metadata:
-                try:
-                    checkpoint = Checkpoint.decode(tp.metadata)
-                except ValueError:
-                    log.warning("ignoring unreadable checkpoint %r of %s[%d]",
-                                tp.metadata, tp.topic, tp.partition)
-            self.partitions[(tp.topic, tp.partition)] = PartitionWindows(
-                tp.topic, tp.partition, window_us=self.window_us, grace_us=self.grace_us,
-                slot_us=self.slot_us, checkpoint=checkpoint,
-            )
-            # No checkpoint: start at the beginning. A committed offset without our metadata was not
-            # written by this protocol and cannot be trusted to cover open windows.
-            start = checkpoint.commit_offset if checkpoint else OFFSET_BEGINNING
+            start = self.restore(tp.topic, tp.partition, tp.metadata)
             positioned.append(TopicPartition(tp.topic, tp.partition, start))
-            log.info("assigned %s[%d] from %s", tp.topic, tp.partition,
-                     checkpoint.encode() if checkpoint else "the beginning")
         return positioned
+
+    def restore(self, topic: str, partition: int, metadata: str | None) -> int:
+        """Rebuild one partition's state from its checkpoint text (None: none); returns the offset
+        consumption must restart from (``OFFSET_BEGINNING`` without a checkpoint)."""
+        checkpoint = None
+        if metadata:
+            try:
+                checkpoint = Checkpoint.decode(metadata)
+            except ValueError:
+                log.warning("ignoring unreadable checkpoint %r of %s[%d]", metadata, topic, partition)
+        self.partitions[(topic, partition)] = PartitionWindows(
+            topic, partition, window_us=self.window_us, grace_us=self.grace_us,
+            slot_us=self.slot_us, checkpoint=checkpoint,
+        )
+        self._dirty.discard((topic, partition))
+        log.info("assigned %s[%d] from %s", topic, partition,
+                 checkpoint.encode() if checkpoint else "the beginning")
+        # No checkpoint: start at the beginning. A committed offset without our metadata was not
+        # written by this protocol and cannot be trusted to cover open windows.
+        return checkpoint.commit_offset if checkpoint else OFFSET_BEGINNING
 
     def revoke(self, partitions: Sequence[TopicPartition]) -> None:
         """Forget revoked partitions: the next owner rebuilds them from the last checkpoint."""
@@ -340,26 +346,36 @@ class StreamProcessor:
     def flush_and_checkpoint(
         self, consumer: Consumer, stop: Callable[[], bool], *, close_all: bool = False
     ) -> int:
-        """Publish ready windows, wait for Kafka's ack, then commit checkpoints. Returns rollups sent.
+        """Publish ready windows, wait for Kafka's ack, then commit checkpoints (as offsets with
+        metadata, the native engine's store). Returns rollups sent.
 
         The order is the protocol: a checkpoint taken before its closed windows are published and
         acknowledged would make a restart treat their events as handled, losing the windows.
         """
+        sent, checkpoints = self.publish_and_checkpoint(stop, close_all=close_all)
+        if checkpoints:
+            consumer.commit(offsets=[TopicPartition(t, p, cp.commit_offset, metadata=cp.encode())
+                                     for (t, p), cp in checkpoints], asynchronous=False)
+            CHECKPOINTS.inc(len(checkpoints))
+        return sent
+
+    def publish_and_checkpoint(
+        self, stop: Callable[[], bool], *, close_all: bool = False
+    ) -> tuple[int, list[tuple[TopicPartitionKey, Checkpoint]]]:
+        """Publish the ready windows of the partitions that changed, wait for Kafka's ack, and
+        return (rollups sent, their checkpoints): the engine stores those before it lets the
+        consumer's offsets move (``streams/DESIGN.md``)."""
         dirty = sorted(self._dirty)
         sent = self.publish(dirty, stop, close_all=close_all)
-        offsets = []
+        checkpoints = []
         now_s = self.now_us() / MICROS
         for key in dirty:
             windows = self.partitions[key]
-            cp = windows.checkpoint()
-            offsets.append(TopicPartition(key[0], key[1], cp.commit_offset, metadata=cp.encode()))
+            checkpoints.append((key, windows.checkpoint()))
             if windows.watermark is not None:
                 WATERMARK_DELAY.labels(key[0], str(key[1])).set(now_s - windows.watermark / MICROS)
-        if offsets:
-            consumer.commit(offsets=offsets, asynchronous=False)
-            CHECKPOINTS.inc(len(offsets))
         self._dirty.clear()
-        return sent
+        return sent, checkpoints
 
     def publish(self, keys: Sequence[TopicPartitionKey], stop: Callable[[], bool], *,
                 close_all: bool = False) -> int:
@@ -382,28 +398,37 @@ class StreamProcessor:
 
     def advance_idle_partitions(self, consumer: Consumer) -> None:
         """Close the windows of partitions that are caught up and have been quiet for idle_secs."""
+        self.advance_idle(self._positions(consumer), lambda key: self._high_watermark(consumer, key))
+
+    def advance_idle(self, positions: dict[TopicPartitionKey, int],
+                     high: Callable[[TopicPartitionKey], int | None]) -> None:
+        """:meth:`advance_idle_partitions` for any engine: ``positions`` are the consumer's fetch
+        positions (may be partial), ``high`` a partition's high watermark (None: unknown)."""
         now_us = self.now_us()
-        positions = self._positions(consumer)
         for key, windows in self.partitions.items():
             quiet_since = self._last_message_us.setdefault(key, now_us)
             if now_us - quiet_since < self.idle_us or windows.open_windows == 0:
                 continue
-            high = self._high_watermark(consumer, key)
-            caught_up = high is not None and positions.get(key, windows.position) >= high
+            high_offset = high(key)
+            caught_up = high_offset is not None and positions.get(key, windows.position) >= high_offset
             log.debug("idle check %s[%d]: position %s, high %s, open %d", key[0], key[1],
-                      positions.get(key), high, windows.open_windows)
+                      positions.get(key), high_offset, windows.open_windows)
             if caught_up and windows.advance_idle(now_us - self.idle_us):
                 self._dirty.add(key)
 
     def update_lag(self, consumer: Consumer) -> None:
-        positions = self._positions(consumer)
+        self.record_lag(self._positions(consumer), lambda key: self._high_watermark(consumer, key))
+
+    def record_lag(self, positions: dict[TopicPartitionKey, int],
+                   high: Callable[[TopicPartitionKey], int | None]) -> None:
+        """Set the lag gauges (see :meth:`advance_idle` for the arguments)."""
         total = 0
         for key, windows in list(self.partitions.items()):
-            high = self._high_watermark(consumer, key)
-            if high is not None:
+            high_offset = high(key)
+            if high_offset is not None:
                 position = positions.get(key, windows.position)
-                CONSUMER_LAG.labels(key[0], str(key[1])).set(max(0, high - position))
-                total += max(0, high - position)
+                CONSUMER_LAG.labels(key[0], str(key[1])).set(max(0, high_offset - position))
+                total += max(0, high_offset - position)
         self.tally.lag = total
 
     def _positions(self, consumer: Consumer) -> dict[TopicPartitionKey, int]:
@@ -457,6 +482,14 @@ class StreamProcessor:
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 self.producer.poll(0.1)
+
+    def deliver(self, topic: str, records: Sequence[tuple[bytes | None, bytes]],
+                stop: Callable[[], bool]) -> None:
+        """Produce ``(key, value)`` records and wait until Kafka acknowledged every one (the Faust
+        engine's checkpoints go through here, on the same producer as the rollups)."""
+        for key, value in records:
+            self._produce(topic, key, value)
+        self._wait_delivered(stop)
 
     def _wait_delivered(self, stop: Callable[[], bool]) -> None:
         """Block until every produced message is acknowledged (the broker may be restarting)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from datetime import UTC, datetime
 
 from fraiseql_obs_streams.replay import replay, terminal_progress
@@ -14,7 +15,13 @@ from ..common import settings_from, stop_event
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    settings = settings_from(args, **{"streams.metrics_port": args.metrics_port})
+    settings = settings_from(args, **{"streams.metrics_port": args.metrics_port,
+                                       "streams.engine": args.engine})
+    if settings.streams.engine == "faust":
+        from fraiseql_obs_streams.faust_app import run_faust_worker  # noqa: PLC0415 (loads Faust)
+
+        run_faust_worker(settings, loglevel=logging.getLevelName(logging.getLogger().level).lower())
+        return
     run_stream_worker(settings, stop=stop_event())
 
 
