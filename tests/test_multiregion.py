@@ -45,10 +45,6 @@ from tests.oracles import exact_lower_quantile
 from tests.query_events import events_of
 from tests.test_sink import MICROS, MINUTE, make_rollup, minute_us, role_url
 
-# One xdist worker for the module: its two regional clusters and MirrorMaker (a module-scoped
-# fixture) start once.
-pytestmark = pytest.mark.xdist_group("multiregion")
-
 REPO = Path(__file__).resolve().parents[1]
 STACK = str(REPO / "scripts" / "stack")
 ALPHA = DEFAULT_ALPHA

@@ -21,8 +21,7 @@ from tests.fix_kafka import consume_all
 from tests.fix_procs import clean_env, cli, write_config
 from tests.test_stream import Worker, make_event, stream_settings
 
-# One xdist worker for both tests, so the module-scoped live worker runs once.
-pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("replay")]
+pytestmark = [pytest.mark.kafka]
 
 MICROS = 1_000_000
 MINUTE = 60 * MICROS

@@ -302,12 +302,15 @@ class FaustEngine:
                 self._last_health = time.monotonic()
 
     async def stop(self) -> None:
+        # As the native engine's last step: one delivery attempt, not a wait for a broker that
+        # may be down (what is not acknowledged is re-emitted from the last checkpoint). Set
+        # before taking the lock: a batch waiting for the broker gives up and releases it.
+        self.stopping.set()
         async with self.lock:
             try:
                 await self._checkpoint()
             except Exception:
                 log.warning("final checkpoint skipped", exc_info=True)
-            self.stopping.set()
             self.processor.producer.flush(5)
             log.info("stream worker stopped")
 
