@@ -221,7 +221,10 @@ def _configure(statement_timeout_ms: int | None) -> Callable[[psycopg.Connection
 
 
 def _check_tables(pool: ConnectionPool[Any], views: Sequence[str]) -> None:
-    with pool.connection() as conn:
+    with pool.connection() as conn, conn.transaction():
+        # The run's statement_timeout (1 ms, say, to provoke QueryCanceled) is for the workload,
+        # not for this check: on a busy host it would cancel the check itself.
+        conn.execute("SET LOCAL statement_timeout = 0")
         missing = [view for view in views
                    if conn.execute("SELECT to_regclass($1)", (view,)).fetchone() == (None,)]
     if missing:
