@@ -44,7 +44,13 @@ from fraiseql_observability.metrics import serve_worker_metrics
 from .errors import StreamError
 from .processor import CHECKPOINTS, StreamProcessor, Tally, TopicPartitionKey
 from .windowing import Checkpoint
-from .worker import consumer_config, startup_line, stream_producer
+from .worker import (
+    HEALTH_EVERY_SECS,
+    LAG_EVERY_SECS,
+    consumer_config,
+    startup_line,
+    stream_producer,
+)
 
 __all__ = [
     "CheckpointStore",
@@ -60,8 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_LAG_EVERY_SECS: Final = 5.0
-_HEALTH_EVERY_SECS: Final = 60.0
 _TOPICS_EVERY_SECS: Final = 30.0  # as the native engine's topic.metadata.refresh.interval.ms
 # aiokafka: timestamp_type 0 is CreateTime, 1 LogAppendTime; librdkafka counts from 1 (0: none).
 _LIBRDKAFKA_TIMESTAMP_TYPE: Final = {0: 1, 1: 2}
@@ -296,7 +300,7 @@ class FaustEngine:
             processor.record_lag(positions, highs.get)
             processor.advance_idle(positions, highs.get)
             await self._checkpoint()
-            if time.monotonic() - self._last_health >= _HEALTH_EVERY_SECS:
+            if time.monotonic() - self._last_health >= HEALTH_EVERY_SECS:
                 log.info("%s", processor.tally.line())
                 processor.tally = Tally(lag=processor.tally.lag)
                 self._last_health = time.monotonic()
@@ -384,7 +388,7 @@ def create_app(settings: Settings, *, metrics_on_start: bool = False) -> faust.A
         async for events in stream.take_events(streams.batch_size, within=streams.batch_timeout_secs):
             await engine.handle(events)
 
-    @app.timer(_LAG_EVERY_SECS)  # type: ignore[untyped-decorator]
+    @app.timer(LAG_EVERY_SECS)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         await engine.tick()
 

@@ -29,8 +29,9 @@ __all__ = ["consumer_config", "run_stream_loop", "run_stream_worker", "startup_l
 
 log = logging.getLogger(__name__)
 
-_LAG_EVERY_SECS = 5.0
-_HEALTH_EVERY_SECS = 60.0
+# Both engines: lag gauges and idle partitions every 5 s, a health line a minute.
+LAG_EVERY_SECS = 5.0
+HEALTH_EVERY_SECS = 60.0
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
@@ -96,11 +97,11 @@ def run_stream_loop(settings: Settings, stop: threading.Event,
             if messages:
                 processor.process(messages)
             processor.flush_and_checkpoint(consumer, stop.is_set)
-            if time.monotonic() - last_lag > _LAG_EVERY_SECS:
+            if time.monotonic() - last_lag > LAG_EVERY_SECS:
                 processor.update_lag(consumer)
                 processor.advance_idle_partitions(consumer)
                 last_lag = time.monotonic()
-            if time.monotonic() - last_health >= _HEALTH_EVERY_SECS:
+            if time.monotonic() - last_health >= HEALTH_EVERY_SECS:
                 log.info("%s", processor.tally.line())
                 processor.tally = Tally(lag=processor.tally.lag)
                 last_health = time.monotonic()
@@ -121,7 +122,7 @@ def startup_line(settings: Settings, metrics_port: int) -> str:
             f"rollups {kafka.rollups_topic}, dead letters {kafka.dead_letters_topic}, group "
             f"{streams.group_id}, {streams.window_secs}s windows closing {streams.grace_secs:g}s "
             f"after their end, /metrics port {metrics_port}; a health line every "
-            f"{_HEALTH_EVERY_SECS:.0f}s")
+            f"{HEALTH_EVERY_SECS:.0f}s")
 
 
 def run_stream_worker(settings: Settings, stop: threading.Event) -> None:
