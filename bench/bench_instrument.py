@@ -28,10 +28,10 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from bench_recorder import per_call_ns, recorder_settings, summary  # bench/ is on sys.path
 from confluent_kafka.admin import AdminClient
 
 from fraiseql_obs_producers.instrument import (
@@ -42,10 +42,9 @@ from fraiseql_obs_producers.instrument import (
 )
 from fraiseql_obs_producers.normalize import normalize_cache_clear, normalize_sql
 from fraiseql_obs_producers.recorder import Recorder
-from fraiseql_observability.config import KafkaSettings, MetricsSettings, Settings
+from fraiseql_observability.config import KafkaSettings
 from fraiseql_observability.kafka import wait_for_broker
 
-BATCH = 1000
 # What FraiseQL 0.5.3 sends for `orders(status: "paid", limit: 3)` (tests/test_fraiseql_app.py).
 FRAISEQL_05 = ("SELECT jsonb_build_object('id', data->>'id', 'status', data->>'status', "
                "'total', data->'total')::text AS result FROM \"tv_order\" "
@@ -62,31 +61,10 @@ SETUP = ("CREATE TEMP TABLE tv_order AS SELECT g AS id, jsonb_build_object('id',
          "'paid', 'total', g) AS data FROM generate_series(1, 3) g")
 
 
-def _per_call_ns(call: Callable[[], object], batches: int, size: int = BATCH) -> list[float]:
-    out = []
-    for _ in range(batches):
-        start = time.perf_counter_ns()
-        for _ in range(size):
-            call()
-        out.append((time.perf_counter_ns() - start) / size)
-    return out
-
-
-def _summary(per_call_ns: list[float]) -> dict[str, float]:
-    ordered = sorted(per_call_ns)
-    return {"median_us": round(statistics.median(ordered) / 1000, 3),
-            "p99_us": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1000, 3)}
-
-
-def _settings(kafka: KafkaSettings, sample_rate: float, **metrics: Any) -> Settings:
-    return Settings(enabled=True, sample_rate=sample_rate, kafka=kafka,
-                    metrics=MetricsSettings(**metrics))
-
-
 def bench_recording_path(database: str, kafka: KafkaSettings, batches: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    cases = (("not_sampled", _settings(kafka, 0.0, slow_query_ms=1e9)),
-             ("sampled", _settings(kafka, 1.0, buffer_size=2_000_000, batch_size=5000,
+    cases = (("not_sampled", recorder_settings(kafka, 0.0, slow_query_ms=1e9)),
+             ("sampled", recorder_settings(kafka, 1.0, buffer_size=2_000_000, batch_size=5000,
                                    flush_interval_secs=0.5)))
     with psycopg.connect(database) as conn:
         conn.execute(SETUP)
@@ -101,8 +79,8 @@ def bench_recording_path(database: str, kafka: KafkaSettings, batches: int) -> d
                                  None)
 
             with operation_name("orders"):
-                _per_call_ns(tail, 20)  # warm-up
-                results[name] = _summary(_per_call_ns(tail, batches))
+                per_call_ns(tail, 20)  # warm-up
+                results[name] = summary(per_call_ns(tail, batches))
             assert recorder.flush(120), "not every event was acknowledged"
             stats = recorder.stats()
             recorder.close()
@@ -119,22 +97,22 @@ def bench_normalizer_miss(rounds: int) -> dict[str, Any]:
         def miss(text: str = text) -> None:
             normalize_cache_clear()
             normalize_sql(text)
-        out[name] = _summary(_per_call_ns(miss, rounds, 20))
+        out[name] = summary(per_call_ns(miss, rounds, 20))
     normalize_cache_clear()
     return out
 
 
 def bench_end_to_end(database: str, kafka: KafkaSettings, rounds: int) -> dict[str, Any]:
     """SELECT 1 round trips, plain vs recording cursor (every statement sampled)."""
-    recorder = Recorder(_settings(kafka, 1.0, buffer_size=2_000_000, batch_size=5000)).start()
+    recorder = Recorder(recorder_settings(kafka, 1.0, buffer_size=2_000_000, batch_size=5000)).start()
     plain_ns: list[float] = []
     recorded_ns: list[float] = []
     with psycopg.connect(database, autocommit=True) as plain, \
             psycopg.connect(database, autocommit=True,
                             cursor_factory=recording_cursor(recorder)) as recording:
         for _ in range(rounds):
-            plain_ns += _per_call_ns(lambda: plain.execute("SELECT 1"), 1, 200)
-            recorded_ns += _per_call_ns(lambda: recording.execute("SELECT 1"), 1, 200)
+            plain_ns += per_call_ns(lambda: plain.execute("SELECT 1"), 1, 200)
+            recorded_ns += per_call_ns(lambda: recording.execute("SELECT 1"), 1, 200)
     recorder.flush(60)
     recorder.close()
     plain_med = statistics.median(plain_ns) / 1000

@@ -40,24 +40,24 @@ SQL = ("SELECT data FROM tv_order WHERE data->>'status' = $1 "
 BATCH = 1000
 
 
-def _per_call_ns(call: Callable[[], object], batches: int) -> list[float]:
-    """Per-call cost (ns) of each batch of BATCH calls."""
+def per_call_ns(call: Callable[[], object], batches: int, size: int = BATCH) -> list[float]:
+    """Per-call cost (ns) of each batch of ``size`` calls (bench_instrument uses it too)."""
     out = []
     for _ in range(batches):
         start = time.perf_counter_ns()
-        for _ in range(BATCH):
+        for _ in range(size):
             call()
-        out.append((time.perf_counter_ns() - start) / BATCH)
+        out.append((time.perf_counter_ns() - start) / size)
     return out
 
 
-def _summary(per_call_ns: list[float]) -> dict[str, float]:
-    ordered = sorted(per_call_ns)
+def summary(costs_ns: list[float]) -> dict[str, float]:
+    ordered = sorted(costs_ns)
     return {"median_us": round(statistics.median(ordered) / 1000, 3),
             "p99_us": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1000, 3)}
 
 
-def _settings(kafka: KafkaSettings, sample_rate: float, **metrics: Any) -> Settings:
+def recorder_settings(kafka: KafkaSettings, sample_rate: float, **metrics: Any) -> Settings:
     return Settings(enabled=True, sample_rate=sample_rate, kafka=kafka,
                     metrics=MetricsSettings(**metrics))
 
@@ -65,7 +65,7 @@ def _settings(kafka: KafkaSettings, sample_rate: float, **metrics: Any) -> Setti
 def bench_record_calls(kafka: KafkaSettings, batches: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     # Not sampled: rate 0 and a slow threshold no query reaches -> the early-return path.
-    not_sampled = Recorder(_settings(kafka, 0.0, slow_query_ms=1e9)).start()
+    not_sampled = Recorder(recorder_settings(kafka, 0.0, slow_query_ms=1e9)).start()
     record = not_sampled.record
 
     def fast_query() -> bool:
@@ -73,12 +73,12 @@ def bench_record_calls(kafka: KafkaSettings, batches: int) -> dict[str, Any]:
                       sql_generation_time_ms=0.05, db_round_trip_time_ms=3.0,
                       projection_time_ms=0.15, rows_returned=20, cache_hit=True)
 
-    _per_call_ns(fast_query, 50)  # warm-up
-    results["not_sampled"] = _summary(_per_call_ns(fast_query, batches))
+    per_call_ns(fast_query, 50)  # warm-up
+    results["not_sampled"] = summary(per_call_ns(fast_query, batches))
     not_sampled.close()
 
     # Sampled: every call kept, buffered, and sent by the background thread meanwhile.
-    sampled = Recorder(_settings(kafka, 1.0, buffer_size=1_000_000, batch_size=5000,
+    sampled = Recorder(recorder_settings(kafka, 1.0, buffer_size=1_000_000, batch_size=5000,
                                  flush_interval_secs=0.5)).start()
     record = sampled.record
 
@@ -87,8 +87,8 @@ def bench_record_calls(kafka: KafkaSettings, batches: int) -> dict[str, Any]:
                       sql_generation_time_ms=0.05, db_round_trip_time_ms=3.0,
                       projection_time_ms=0.15, rows_returned=20, cache_hit=True)
 
-    _per_call_ns(kept_query, 20)
-    results["sampled"] = _summary(_per_call_ns(kept_query, batches))
+    per_call_ns(kept_query, 20)
+    results["sampled"] = summary(per_call_ns(kept_query, batches))
     sampled.flush(60)
     stats = sampled.stats()
     sampled.close()
@@ -99,7 +99,7 @@ def bench_record_calls(kafka: KafkaSettings, batches: int) -> dict[str, Any]:
 
 def bench_sustained(kafka: KafkaSettings, events: int) -> dict[str, Any]:
     """Events/s from one process through the recorder to Kafka, all acknowledged."""
-    recorder = Recorder(_settings(kafka, 1.0, buffer_size=200_000, batch_size=10_000,
+    recorder = Recorder(recorder_settings(kafka, 1.0, buffer_size=200_000, batch_size=10_000,
                                   flush_interval_secs=0.2)).start()
     record = recorder.record
     waits = 0

@@ -24,7 +24,7 @@ from fraiseql_observability.codec import QUERY_EVENT, QUERY_EVENT_BATCH
 from fraiseql_observability.config import KafkaSettings, Settings
 from fraiseql_observability.kafka import ensure_topics
 from tests.fix_kafka import produce
-from tests.fix_procs import ENGINES, Processes, stream_cli, write_config
+from tests.fix_procs import ENGINES, Processes, write_config
 from tests.test_stream import (
     CODEC,
     MICROS,
@@ -41,7 +41,7 @@ from tests.test_stream_faults import (
     REGIONS,
     Feeder,
     assert_exact,
-    wait_assigned,
+    kill_three_times,
     wait_for_totals,
 )
 
@@ -163,16 +163,7 @@ def test_kill_minus_9_three_times_on_batches_counts_every_event_once(
     config = write_config(tmp_path / "c.toml", kafka_settings)
     feeder = BatchFeeder(kafka_settings, total=100_000, seconds=10, seed=21)
     feeder.start()
-    name = "stream-0"
-    processes.start(name, stream_cli(config, engine))
-    for kill in range(3):
-        wait_assigned(processes, name)  # killed while it works, not while it waits for the group
-        time.sleep(1.5 + kill)
-        processes.assert_running()
-        processes.kill9(name)
-        name = f"stream-{kill + 1}"
-        processes.start(name, stream_cli(config, engine))
-        print(f"kill -9 number {kill + 1} done")
+    kill_three_times(processes, config, engine, [1.5, 2.5, 3.5])
     feeder.join()
     assert not feeder.errors
     assert_exact(wait_for_totals(kafka_settings, feeder, processes), feeder)

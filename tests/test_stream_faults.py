@@ -136,6 +136,22 @@ def wait_assigned(processes: Processes, name: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def kill_three_times(processes: Processes, config: Path, engine: str, pauses: list[float]) -> None:
+    """Start a stream worker, then kill -9 it and start another, once per pause: each killed while
+    it works, ``pause`` seconds after it took its partitions (a restarted worker waits for the
+    group to drop the killed one, up to the session timeout). The last one keeps running."""
+    name = "stream-0"
+    processes.start(name, stream_cli(config, engine))
+    for kill, pause in enumerate(pauses):
+        wait_assigned(processes, name)
+        time.sleep(pause)
+        processes.assert_running()
+        processes.kill9(name)
+        name = f"stream-{kill + 1}"
+        processes.start(name, stream_cli(config, engine))
+        print(f"kill -9 number {kill + 1} done")
+
+
 @pytest.fixture
 def fault_kafka(kafka_settings: KafkaSettings) -> KafkaSettings:
     ensure_topics(kafka_settings, [kafka_settings.events_topic, kafka_settings.rollups_topic,
@@ -151,18 +167,7 @@ def test_kill_minus_9_three_times_counts_every_event_once(
     feeder = Feeder(fault_kafka, total=100_000, seconds=15, seed=11)
     feeder.start()
     rng = random.Random(5)
-    name = "stream-0"
-    processes.start(name, stream_cli(config, engine))
-    for kill in range(3):
-        # Killed while it works: after it took its partitions (a restarted worker waits for the
-        # group to drop the killed one, up to the session timeout) and a few seconds into them.
-        wait_assigned(processes, name)
-        time.sleep(rng.uniform(2.0, 5.0))
-        processes.assert_running()
-        processes.kill9(name)
-        name = f"stream-{kill + 1}"
-        processes.start(name, stream_cli(config, engine))
-        print(f"kill -9 number {kill + 1} done")
+    kill_three_times(processes, config, engine, [rng.uniform(2.0, 5.0) for _ in range(3)])
     feeder.join()
     assert not feeder.errors
     assert_exact(wait_for_totals(fault_kafka, feeder, processes), feeder)
